@@ -1,0 +1,6 @@
+"""crabs: Co-trained Barrier Certificate for Safe RL (Luo & Ma, NeurIPS 2021)."""
+
+__version__ = "0.1.0"
+
+from crabs import envs  # noqa: E402,F401  (registers the crabs/... Gymnasium ids)
+from crabs.envs import TASKS, get_task, make_env  # noqa: E402,F401

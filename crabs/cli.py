@@ -1,0 +1,116 @@
+"""The ``crabs`` command line. Every real environment step goes through the safety monitor."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+import torch
+
+from crabs.envs import TASKS, get_task, make_env
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _task(text: str) -> str:
+    try:
+        return get_task(text).name
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def cmd_tasks(args) -> int:
+    for t in TASKS.values():
+        print(f"{t.name:8s} {t.env_id:18s} {t.description}")
+    return 0
+
+
+def cmd_rollout(args) -> int:
+    from crabs.initial import initial_policy, load_policy
+    from crabs.runs import LEDGER, SUMMARY, prepare_run_dir, rollout, summary, write_json
+
+    out = prepare_run_dir(args.out)
+    torch.manual_seed(args.seed)
+    if args.policy == "initial":
+        policy = initial_policy(args.task)
+    else:
+        policy, _ = load_policy(args.policy)
+    started = time.time()
+    env = make_env(args.task, ledger=out / LEDGER, tag="rollout")
+    try:
+        eps = rollout(env, policy, args.episodes, seed=args.seed)
+    finally:
+        env.close()
+    result = summary(args.task, f"rollout:{args.policy}", args.seed, env,
+                     [e["return"] for e in eps], started)
+    write_json(out / SUMMARY, result)
+    print(json.dumps(result, indent=2))
+    return 0 if result["violations"] == 0 else 1
+
+
+def cmd_oracle(args) -> int:
+    from crabs import oracle
+
+    print(json.dumps(oracle.report(args.task), indent=2))
+    return 0
+
+
+def cmd_make_initial(args) -> int:
+    from crabs.initial import main as make_initial
+
+    return make_initial(args.rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="crabs", description="Safe RL with learned barrier "
+                                "certificates (CRABS, Luo & Ma 2021).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("tasks", help="list the built-in tasks")
+    s.set_defaults(func=cmd_tasks)
+
+    s = sub.add_parser("rollout", help="run a policy through the safety monitor")
+    s.add_argument("--task", type=_task, required=True)
+    s.add_argument("--policy", default="initial", help="'initial' or a policy file")
+    s.add_argument("--episodes", type=_positive_int, default=10)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="run folder")
+    s.set_defaults(func=cmd_rollout)
+
+    s = sub.add_parser("oracle", help="ground truth for the 2-D pendulum tasks")
+    s.add_argument("--task", type=_task, required=True)
+    s.set_defaults(func=cmd_oracle)
+
+    s = sub.add_parser("make-initial", help="regenerate the shipped safe initial policies")
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(func=cmd_make_initial)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError, FileNotFoundError, KeyError, TypeError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"crabs: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("crabs: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,189 @@
+"""Safe initial policies (the paper's given pi_init, Sec. 2.1 and Appendix C.2).
+
+The paper obtained its initial policy from a SAC run whose violations it does not count. We make
+one instead, without touching the environment: a simple stabilising controller designed on the
+task's known linearisation (PD gains for the pendulum; discrete LQR on the MuJoCo model's
+finite-difference linearisation for the cart-pole) is distilled into the policy network that SAC
+trains (tanh-Gaussian MLP), by regression on states drawn from the safe box. The controllers are
+deliberately low-reward (Upright: a sluggish return to 0; Tilt: holds upright; Move: stays near
+x = 0; Swing: keeps the pole still) but safe.
+
+Regenerate the shipped weights with ``crabs make-initial`` (or ``python -m crabs.initial``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crabs.envs import get_task
+from crabs.envs import pendulum as pend
+from crabs.nets import TanhGaussianPolicy
+
+DATA_DIR = Path(__file__).parent / "data"
+DEFAULT_HIDDEN = (64, 64)
+# Pendulum: a = clip(-(K theta + D theta_dot)); closed loop theta'' = (15 - 6K) theta - 6D theta',
+# a slow overdamped mode (about 3 s): the return from s0 is about -1.4 (best safe: -0.216).
+PEND_K, PEND_D = 2.8, 1.0
+# Cart-pole LQR weights on [x, theta, x_dot, theta_dot] and on the motor control (in [-1, 1]).
+LQR_Q, LQR_R = (1.0, 1.0, 0.1, 0.1), 1.0
+INIT_LOG_STD = -1.0  # exploration std of pi_expl before training: exp(-1) = 0.37 in pre-tanh units
+
+
+def _cartpole_model_step():
+    """One 0.04 s step of the MuJoCo cart-pole model on a private MjData: s, ctrl -> s'."""
+    import mujoco
+
+    from crabs.envs.cartpole import CartPoleTaskEnv
+
+    env = CartPoleTaskEnv("move")
+    m, d = env.model, mujoco.MjData(env.model)
+    frame_skip = env.frame_skip
+    env.close()
+
+    def f(s: np.ndarray, ctrl: float) -> np.ndarray:
+        d.qpos[:], d.qvel[:], d.ctrl[:] = s[:2], s[2:], ctrl
+        for _ in range(frame_skip):
+            mujoco.mj_step(m, d)
+        return np.concatenate([d.qpos, d.qvel])
+
+    return f
+
+
+@lru_cache(maxsize=1)
+def cartpole_lqr_gain() -> np.ndarray:
+    """Discrete LQR gain on the finite-difference linearisation of the cart-pole at rest."""
+    import scipy.linalg
+
+    f = _cartpole_model_step()
+    s0, eps = np.zeros(4), 1e-5
+    A = np.stack([(f(s0 + eps * e, 0.0) - f(s0 - eps * e, 0.0)) / (2 * eps) for e in np.eye(4)], 1)
+    B = ((f(s0, eps) - f(s0, -eps)) / (2 * eps)).reshape(4, 1)
+    Q, R = np.diag(LQR_Q), np.array([[LQR_R]])
+    P = scipy.linalg.solve_discrete_are(A, B, Q, R)
+    return np.linalg.solve(R + B.T @ P @ B, B.T @ P @ A).reshape(4)
+
+
+def controller(task: str) -> Callable[[np.ndarray], np.ndarray]:
+    """The hand-made stabilising controller for a built-in task: states (..., d) -> actions (..., 1)."""
+    name = get_task(task).name
+    if name in ("upright", "tilt"):
+        return lambda s: np.clip(-(PEND_K * s[..., :1] + PEND_D * s[..., 1:2]), -1.0, 1.0)
+    k = cartpole_lqr_gain()
+    # motor control u = -K s in [-1, 1]; the env applies clip(3a, -1, 1), so a = u / 3
+    return lambda s: np.clip(-(s @ k), -1.0, 1.0)[..., None] / 3.0
+
+
+def distill(control: Callable[[np.ndarray], np.ndarray], low: np.ndarray, high: np.ndarray,
+            hidden: Sequence[int] = DEFAULT_HIDDEN, act: str = "relu", steps: int = 4000,
+            batch: int = 1024, seed: int = 0) -> TanhGaussianPolicy:
+    """Fit tanh(mu(s)) to ``control(s)`` on states uniform in [low, high] (half the batch) and
+    Gaussian around 0 (the other half, for precision where the policy will live); log sigma is
+    fitted to the constant INIT_LOG_STD. Pure regression: no environment is touched."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    dim = len(low)
+    policy = TanhGaussianPolicy(dim, 1, hidden, act)
+    lo, hi = torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32)
+    opt = torch.optim.Adam(policy.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(steps):
+        u = lo + (hi - lo) * torch.rand(batch // 2, dim, generator=gen)
+        g = 0.1 * (hi - lo) * torch.randn(batch - batch // 2, dim, generator=gen)
+        s = torch.cat([u, g])
+        target = torch.as_tensor(control(s.double().numpy()), dtype=torch.float32)
+        target = target.clamp(-0.995, 0.995)
+        mu, log_std = policy(s)
+        loss = ((torch.tanh(mu) - target) ** 2).mean() + 1e-2 * ((log_std - INIT_LOG_STD) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return policy.eval()
+
+
+def distill_task(task: str, hidden: Sequence[int] = DEFAULT_HIDDEN, act: str = "relu",
+                 seed: int = 0, steps: int = 4000) -> TanhGaussianPolicy:
+    t = get_task(task)
+    low, high = t.box()
+    return distill(controller(t.name), low, high, hidden, act, steps=steps, seed=seed)
+
+
+def policy_path(task: str) -> Path:
+    return DATA_DIR / f"initial_{get_task(task).name}.pt"
+
+
+def save_policy(policy: TanhGaussianPolicy, path: str | Path, **meta) -> None:
+    torch.save({"spec": policy.spec(), "state_dict": policy.state_dict(), "meta": meta}, path)
+
+
+def load_policy(path: str | Path) -> tuple[TanhGaussianPolicy, dict]:
+    """Load a policy saved by :func:`save_policy` (weights only: nothing is unpickled)."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    spec = blob["spec"]
+    policy = TanhGaussianPolicy(spec["obs_dim"], spec["act_dim"], spec["hidden"], spec["act"])
+    policy.load_state_dict(blob["state_dict"])
+    return policy.eval(), blob.get("meta", {})
+
+
+def initial_policy(task: str, hidden: Sequence[int] = DEFAULT_HIDDEN,
+                   act: str = "relu") -> TanhGaussianPolicy:
+    """The shipped safe initial policy of a built-in task; a policy of another shape is distilled
+    on the spot from the same controller (a few seconds)."""
+    path = policy_path(task)
+    if path.exists():
+        policy, meta = load_policy(path)
+        if list(policy.hidden) == list(hidden) and policy.act == act:
+            return policy
+    return distill_task(task, hidden, act)
+
+
+def rollout_model(task: str, policy: TanhGaussianPolicy, start=None) -> tuple[float, bool, np.ndarray]:
+    """Roll the mean policy out on the task's *model* (the pendulum equations or a private MuJoCo
+    state), not the environment: (return, stayed safe, states). Used to check a distillation."""
+    t = get_task(task)
+    s = t.spec.s0_array() if start is None else np.asarray(start, dtype=np.float64)
+    step = pend.pendulum_step if t.name in ("upright", "tilt") else None
+    if step is None:
+        f = _cartpole_model_step()
+        step = lambda s, a: f(s, float(np.clip(3 * a[0], -1, 1)))  # noqa: E731
+    states, ret = [s], 0.0
+    for _ in range(t.spec.horizon):
+        with torch.no_grad():
+            a = policy.mean_action(torch.as_tensor(s, dtype=torch.float32)).double().numpy()
+        ret += float(t.reward(s))
+        s = step(s, a)
+        states.append(s)
+        if not t.spec.is_safe(s):
+            return ret - 30.0, False, np.array(states)
+    return ret, True, np.array(states)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="crabs make-initial",
+                                description="Regenerate the shipped safe initial policies.")
+    p.add_argument("--task", action="append", help="task(s) to regenerate (default: all)")
+    p.add_argument("--out", default=str(DATA_DIR), help="output folder")
+    args = p.parse_args(argv)
+    from crabs.envs import TASKS
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in args.task or list(TASKS):
+        policy = distill_task(name)
+        ret, safe, _ = rollout_model(name, policy)
+        if not safe:
+            raise SystemExit(f"distilled {name} policy is unsafe on the model; not saved")
+        save_policy(policy, out / f"initial_{get_task(name).name}.pt", task=get_task(name).name,
+                    controller="PD" if name in ("upright", "tilt") else "LQR", model_return=ret)
+        print(f"{name}: model return {ret:.3f}, safe -> {out / f'initial_{name}.pt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,118 @@
+"""The barrier certificate h (Sec. 3) and its adversarial training (Alg. 1, Eq. 2-5, Lemma 1).
+
+    h(s) = 1 - softplus(f(s) - f(s0)) - B_safe(s)
+
+holds R.1 (h(s0) = 1 - log 2 > 0) and R.2 (h < 1 - B_safe <= 0 outside the safe set) for any
+weights of f. R.3 is trained: with U(s, a, h) = max_{s' in T_hat(s, a)} -h(s') (Eq. 1) and
+C* = max_{s in C_h} U(s, pi(s), h) (Eq. 2), the certificate descends the gradient of Lemma 1 at the
+adversarial states s* found by MALA (mala.py).
+
+Sign of Eq. (4). The paper writes the constraint both as ``h(s) >= 0`` (C_h) and ``h(s) <= 1``
+(App. A), and Eq. (4) as ``grad U - lambda grad h``, which is Lemma 1 for a constraint g <= 0 with
+g = h. For C_h = {h >= 0}, Lemma 1 applies with g = -h, and the gradient is
+
+    grad_phi C* = grad_phi U(s*) + lambda grad_phi h(s*),  lambda = |grad_s U(s*)| / |grad_s h(s*)|
+
+(the authors' release stores g = -h and uses ``grad U - lambda grad g``, the same thing).
+``tests/test_barrier.py`` checks this against finite differences of C* on a toy problem.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from crabs.config import BarrierConfig
+from crabs.envs.spec import SafetySpec
+from crabs.nets import mlp
+
+
+class Barrier(nn.Module):
+    """h(s) = 1 - softplus(f(s) - f(s0)) - B_safe(s); f sees states scaled by ``scale`` (the safe
+    box's half-widths), so its input is O(1) whatever the units."""
+
+    def __init__(self, spec: SafetySpec, cfg: BarrierConfig, scale: torch.Tensor):
+        super().__init__()
+        self.spec = spec
+        self.f = mlp(spec.dim, cfg.hidden, 1, cfg.act)
+        self.register_buffer("s0", torch.as_tensor(spec.s0, dtype=torch.float32))
+        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
+
+    def f_rel(self, s: torch.Tensor) -> torch.Tensor:
+        both = torch.cat([s.reshape(-1, s.shape[-1]), self.s0[None]], 0) / self.scale
+        out = self.f(both).squeeze(-1)
+        return (out[:-1] - out[-1]).reshape(s.shape[:-1])
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        return 1.0 - F.softplus(self.f_rel(s)) - self.spec.B_safe_torch(s)
+
+
+def U(h: Barrier, model, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Eq. (1): U(s, a, h) = max over the K predicted next states s' of -h(s'). Shape s.shape[:-1]."""
+    return (-h(model.means(s, a))).amax(dim=0)
+
+
+def U_pi(h: Barrier, model, policy, s: torch.Tensor) -> torch.Tensor:
+    """U(s, pi(s), h) with pi the deterministic (mean) policy."""
+    return U(h, model, s, policy.mean_action(s))
+
+
+def lemma1_lambda(h: Barrier, model, policy, s: torch.Tensor, min_grad: float = 1e-6) -> torch.Tensor:
+    """lambda_i = |grad_s U(s_i)| / |grad_s h(s_i)| (Eq. 9), per adversarial state; no graph kept."""
+    x = s.detach().requires_grad_(True)
+    gu = torch.autograd.grad(U_pi(h, model, policy, x).sum(), x)[0]
+    gh = torch.autograd.grad(h(x).sum(), x)[0]
+    return gu.norm(dim=-1) / gh.norm(dim=-1).clamp_min(min_grad)
+
+
+def certificate_loss(h: Barrier, model, policy, s_star: torch.Tensor, h_prev: Barrier | None = None,
+                     s_reg: torch.Tensor | None = None, reg_coef: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """Eq. (5): the Lemma-1 surrogate of C* averaged over the adversarial states, whose gradient in
+    phi is grad U(s*) + lambda grad h(s*) (Eq. 4, sign as in the module docstring), plus
+    ``reg_coef * mean relu(h_prev(s) - h(s))`` over the candidates (Sec. 4.2)."""
+    lam = lemma1_lambda(h, model, policy, s_star)
+    u = U_pi(h, model, policy, s_star)
+    loss = (u + lam * h(s_star)).mean()
+    info = {"lambda": float(lam.mean()), "U_max": float(u.max())}
+    if h_prev is not None and s_reg is not None and reg_coef > 0:
+        with torch.no_grad():
+            ref = h_prev(s_reg)
+        reg = F.relu(ref - h(s_reg)).mean()
+        loss = loss + reg_coef * reg
+        info["reg"] = float(reg)
+    return loss, info
+
+
+class CertificateTrainer:
+    """Adam on Eq. (5) for the parameters of f only (model and policy are held fixed)."""
+
+    def __init__(self, h: Barrier, cfg: BarrierConfig):
+        self.h, self.cfg = h, cfg
+        self.opt = torch.optim.Adam(h.parameters(), lr=cfg.lr)
+
+    def step(self, model, policy, s_star: torch.Tensor, h_prev: Barrier | None,
+             s_reg: torch.Tensor | None) -> dict:
+        loss, info = certificate_loss(self.h, model, policy, s_star, h_prev, s_reg, self.cfg.reg_coef)
+        self.opt.zero_grad(set_to_none=True)
+        grads = torch.autograd.grad(loss, list(self.h.parameters()), allow_unused=True)
+        for p, g in zip(self.h.parameters(), grads):
+            p.grad = g
+        self.opt.step()
+        return info
+
+    def snapshot(self) -> Barrier:
+        """A frozen copy (h-hat of Sec. 4.2, or a rollback point)."""
+        c = copy.deepcopy(self.h)
+        for p in c.parameters():
+            p.requires_grad_(False)
+        return c
+
+    def state_dict(self) -> dict:
+        return {"h": self.h.state_dict(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.h.load_state_dict(d["h"])
+        self.opt.load_state_dict(d["opt"])

@@ -1,0 +1,248 @@
+"""Configuration: one typed object holding every hyperparameter, with the paper's value beside the
+default wherever they differ (``PAPER`` below, and docs/config.md).
+
+Configs are data: ``Config.from_dict`` / ``load_config(path)`` reject unknown keys and values of the
+wrong type, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class DynamicsConfig:
+    """Calibrated ensemble (Sec. 4.3, App. C.2)."""
+
+    k: int = 5                                 # paper: 5
+    hidden: tuple[int, ...] = (128, 128)       # paper: (400, 400, 400, 400); release: 4 x 256
+    act: str = "silu"                          # paper: Swish (= SiLU)
+    lr: float = 1e-3                           # paper: 1e-3
+    weight_decay: float = 7.5e-5               # paper: 7.5e-5
+    batch: int = 256                           # paper: 256
+    steps_per_epoch: int = 500                 # paper: 1000
+    init_steps: int = 3000                     # paper (Move/Swing): 20000
+    max_log_std: float = 0.5                   # release: initial soft upper bound on log std
+    min_log_std: float = -10.0                 # release
+    bound_coef: float = 0.001                  # release: loss += coef * (max_log_std - min_log_std)
+    holdout: float = 0.1                       # fraction of new data kept for the prediction error
+
+
+@dataclass
+class BarrierConfig:
+    """Certificate h and its training (Sec. 3, Alg. 1, Eq. 4-5, Sec. 4.2)."""
+
+    hidden: tuple[int, ...] = (64, 64)         # paper: (256, 256)
+    act: str = "relu"                          # paper: ReLU
+    lr: float = 3e-4
+    reg_coef: float = 0.001                    # paper: lambda = 0.001 in Eq. (5)
+    eps: float = 0.01                          # release: violating means U + eps > 0 (Swing 0.01)
+    max_steps: int = 4000                      # release: 20000
+    quiet_steps: int = 300                     # release: 1000 then 5000 quiet steps
+    pretrain_steps: int = 4000                 # steps of Alg. 1 for the initial certificate
+    init_tube: float = 0.1                     # radius (normalised units) around the initial data
+                                               # that the initial certificate is fitted to
+
+
+@dataclass
+class MALAConfig:
+    """The adversary's sampler (App. D, Alg. 5)."""
+
+    chains: int = 1000                         # paper: 10000
+    temperature: float = 0.03                  # release: T = 0.03 (paper: tau = 30 ~ 1/T)
+    init_step: float = 1e-3
+    target_accept: float = 0.574               # paper: ~0.6; release: 0.574
+    adapt_rate: float = 0.01                   # release: tau *= 1 + rate (accept - target)
+    project_steps: int = 10                    # release: 10 gradient steps on relu(-h)
+    project_lr: float = 0.01
+    box_scale: float = 1.5                     # release: box = certified bounding box x 1.5
+    box_samples: int = 20000                   # rejection samples used to re-box
+
+
+@dataclass
+class SACConfig:
+    """Constrained SAC (Sec. 4.4, App. B, Alg. 4)."""
+
+    hidden: tuple[int, ...] = (64, 64)         # paper: (256, 256); release: (64, 64)
+    critic_hidden: tuple[int, ...] = (256, 256)
+    act: str = "relu"
+    lr: float = 3e-4                           # paper: 3e-4
+    batch: int = 256                           # paper: 256
+    gamma: float = 0.99                        # paper: 0.99
+    tau: float = 0.005                         # paper: 0.005
+    init_alpha: float = 0.1
+    target_entropy: float | None = None        # None: -dim(A), the paper's choice
+    big_c: float = 1000.0                      # release: C = 1000 in Q-hat
+    steps_per_epoch: int = 2000                # paper: 2000
+    adv_every: int = 4                         # an adversarial policy step every n SAC steps
+    adv_coef: float = 1.0
+
+
+@dataclass
+class ExploreConfig:
+    """Safeguarded exploration (Alg. 3, App. C.2)."""
+
+    n: int = 100                               # paper: 100 proposals
+    noise_decay: bool = True                   # release: noise scale 1 -> 1e-3 over the proposals
+    episodes_per_epoch: int = 1                # paper: 1 (Upright/Tilt/Move), 6 (Swing)
+    uniform_episodes: int = 0                  # Swing: 2 with uniform proposals
+    noisy_episodes: int = 0                    # Swing: 2 with extra noise
+
+
+@dataclass
+class Config:
+    task: str = "upright"
+    seed: int = 0
+    epochs: int = 40
+    init_episodes: int = 5                     # safe start-up episodes of the initial policy
+    init_noise: float = 0.3                    # noise of those episodes (through the safeguard)
+    eval_every: int = 1                        # epochs between evaluations of the mean policy
+    checkpoint_every: int = 1
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    barrier: BarrierConfig = field(default_factory=BarrierConfig)
+    mala: MALAConfig = field(default_factory=MALAConfig)
+    sac: SACConfig = field(default_factory=SACConfig)
+    explore: ExploreConfig = field(default_factory=ExploreConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Config:
+        return _build(cls, data, "config")
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+    def replace(self, **changes) -> Config:
+        d = self.to_dict()
+        _deep_update(d, changes)
+        return Config.from_dict(d)
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _deep_update(d: dict, changes: dict) -> None:
+    for k, v in changes.items():
+        if isinstance(v, dict) and isinstance(d.get(k), dict):
+            _deep_update(d[k], v)
+        else:
+            d[k] = v
+
+
+def _coerce(tp, value, where: str):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, where)
+            except (TypeError, ValueError):
+                pass
+        raise ValueError(f"{where}: {value!r} is not a valid {tp}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        (item, _) = typing.get_args(tp)
+        return tuple(_coerce(item, v, f"{where}[]") for v in value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return _build(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        v = float(value)
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ValueError(f"{where}: expected a finite number, got {value!r}")
+        return v
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{where}: unsupported type {tp}")
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    obj = cls(**kwargs)
+    _validate(obj, where)
+    return obj
+
+
+def _validate(obj, where: str) -> None:
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, int) and not isinstance(v, bool) and f.name not in ("seed",) and v < 0:
+            raise ValueError(f"{where}.{f.name}: must be >= 0, got {v}")
+        if isinstance(v, tuple) and any(h <= 0 for h in v):
+            raise ValueError(f"{where}.{f.name}: layer sizes must be positive, got {list(v)}")
+
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+def load_config(path: str | Path | None = None, task: str | None = None) -> Config:
+    """The task's default config (``crabs/configs/<task>.yaml``), overlaid with ``path`` if given."""
+    from crabs.envs import get_task
+
+    data: dict = {}
+    if task is not None:
+        task = get_task(task).name
+        default = CONFIG_DIR / f"{task}.yaml"
+        if default.exists():
+            data = yaml.safe_load(default.read_text()) or {}
+        data["task"] = task
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"config file {str(p)!r} does not exist")
+        try:
+            user = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+        if not isinstance(user, dict):
+            raise ValueError(f"config file {str(p)!r} must hold a mapping")
+        if task is not None and "task" in user and get_task(user["task"]).name != task:
+            raise ValueError(f"config file is for task {user['task']!r}, not {task!r}")
+        _deep_update(data, user)
+    cfg = Config.from_dict(data)
+    get_task(cfg.task)
+    return cfg
+
+
+PAPER = {
+    "dynamics.hidden": (400, 400, 400, 400), "dynamics.steps_per_epoch": 1000,
+    "dynamics.init_steps": 20000, "barrier.hidden": (256, 256), "barrier.max_steps": 20000,
+    "barrier.quiet_steps": 5000, "mala.chains": 10000, "sac.hidden": (256, 256),
+    "sac.critic_hidden": (256, 256),
+}
+"""Where the default departs from the paper (value = the paper's). See docs/config.md."""

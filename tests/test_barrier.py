@@ -1,0 +1,100 @@
+"""The certificate: R.1/R.2 by construction, and the Lemma-1 gradient of Eq. (4)."""
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from crabs.barrier import Barrier, U_pi, certificate_loss, lemma1_lambda
+from crabs.config import BarrierConfig
+from crabs.envs import get_task
+
+
+def test_R1_R2_hold_for_any_weights():
+    for task in ("upright", "swing"):
+        t = get_task(task)
+        low, high = t.box()
+        for seed in range(5):
+            torch.manual_seed(seed)
+            h = Barrier(t.spec, BarrierConfig(hidden=(32, 32)), torch.as_tensor((high - low) / 2))
+            for p in h.parameters():  # arbitrary, large weights
+                nn.init.normal_(p, std=3.0)
+            s0 = torch.as_tensor(t.spec.s0, dtype=torch.float32)
+            assert float(h(s0[None])[0].detach()) == pytest_approx(1 - math.log(2))   # R.1
+            s = torch.as_tensor(np.random.default_rng(seed).uniform(1.3 * low, 1.3 * high, (20000, len(low))),
+                                dtype=torch.float32)
+            unsafe = ~t.spec.is_safe_torch(s)
+            assert unsafe.sum() > 1000
+            assert (h(s)[unsafe] < 0).all()                                     # R.2
+
+
+def pytest_approx(x):
+    import pytest
+    return pytest.approx(x, abs=1e-4)
+
+
+class DiskH(nn.Module):
+    """h_phi(x) = 1 - |x - phi|^2 (C_h: the unit disk centred at phi)."""
+
+    def __init__(self, phi):
+        super().__init__()
+        self.phi = nn.Parameter(torch.tensor(phi, dtype=torch.float64))
+
+    def forward(self, s):
+        return 1 - ((s - self.phi) ** 2).sum(-1)
+
+
+class LinearModel:
+    """One deterministic model s' = A s (the confidence region is a single point)."""
+
+    def __init__(self, A):
+        self.A = torch.tensor(A, dtype=torch.float64)
+
+    def means(self, s, a):
+        return (s @ self.A.T)[None]
+
+
+class ZeroPolicy:
+    def mean_action(self, s):
+        return torch.zeros(*s.shape[:-1], 1, dtype=s.dtype)
+
+
+def c_star(phi, A, n=200001):
+    """C*(phi) = max over the disk of U(x) = |A x - phi|^2 - 1, attained on the boundary."""
+    t = np.linspace(0, 2 * np.pi, n)
+    x = phi[None] + np.stack([np.cos(t), np.sin(t)], -1)
+    v = ((x @ np.asarray(A).T - phi) ** 2).sum(-1) - 1
+    i = int(v.argmax())
+    return v[i], x[i]
+
+
+def test_eq4_gradient_matches_finite_differences():
+    """grad_phi C* = grad_phi U(s*) + lambda grad_phi h(s*), lambda = |grad_s U| / |grad_s h|."""
+    A = [[1.3, 0.4], [-0.2, 0.8]]
+    phi = np.array([0.3, -0.5])
+    _, x_star = c_star(phi, A)
+    h = DiskH(phi)
+    loss, _ = certificate_loss(h, LinearModel(A), ZeroPolicy(),
+                               torch.tensor(x_star[None], dtype=torch.float64))
+    grad = torch.autograd.grad(loss, h.phi)[0].numpy()
+    eps = 1e-4
+    fd = np.array([(c_star(phi + eps * e, A)[0] - c_star(phi - eps * e, A)[0]) / (2 * eps)
+                   for e in np.eye(2)])
+    np.testing.assert_allclose(grad, fd, rtol=2e-3, atol=2e-4)
+    # the sign as printed in the paper (grad U - lambda grad h) does not match
+    x = torch.tensor(x_star[None], dtype=torch.float64)
+    g_u = torch.autograd.grad(U_pi(h, LinearModel(A), ZeroPolicy(), x).sum(), h.phi)[0].numpy()
+    g_h = torch.autograd.grad(h(x).sum(), h.phi)[0].numpy()
+    lam = float(lemma1_lambda(h, LinearModel(A), ZeroPolicy(), x)[0])
+    np.testing.assert_allclose(g_u + lam * g_h, fd, rtol=2e-3, atol=2e-4)
+    assert np.abs((g_u - lam * g_h) - fd).max() > 0.1
+
+
+def test_regulariser_only_penalises_shrinking():
+    h, h_prev = DiskH([0.0, 0.0]), DiskH([0.5, 0.0])
+    s = torch.tensor([[1.2, 0.0], [-0.9, 0.0]], dtype=torch.float64)
+    loss, info = certificate_loss(h, LinearModel([[0.5, 0], [0, 0.5]]), ZeroPolicy(),
+                                  torch.zeros(1, 2, dtype=torch.float64), h_prev, s, reg_coef=1.0)
+    # h(1.2,0) = -0.44 < h_prev = 0.51 -> penalised 0.95; h(-0.9,0) = 0.19 > h_prev = -0.96 -> 0
+    assert info["reg"] == pytest_approx((0.51 + 0.44) / 2)

@@ -69,20 +69,26 @@ def lemma1_lambda(h: Barrier, model, policy, s: torch.Tensor, min_grad: float = 
 
 
 def certificate_loss(h: Barrier, model, policy, s_star: torch.Tensor, h_prev: Barrier | None = None,
-                     s_reg: torch.Tensor | None = None, reg_coef: float = 0.0) -> tuple[torch.Tensor, dict]:
+                     s_reg: torch.Tensor | None = None, reg_coef: float = 0.0,
+                     min_grad: float = 1e-6) -> tuple[torch.Tensor, dict]:
     """Eq. (5): the Lemma-1 surrogate of C* averaged over the adversarial states, whose gradient in
     phi is grad U(s*) + lambda grad h(s*) (Eq. 4, sign as in the module docstring), plus
-    ``reg_coef * mean relu(h_prev(s) - h(s))`` over the candidates (Sec. 4.2)."""
-    lam = lemma1_lambda(h, model, policy, s_star)
-    u = U_pi(h, model, policy, s_star)
-    loss = (u + lam * h(s_star)).mean()
-    info = {"lambda": float(lam.mean()), "U_max": float(u.max())}
+    ``reg_coef * mean relu(h_prev(s) - h(s))`` over the candidates (Sec. 4.2). One forward pass
+    serves lambda (gradients in s) and the loss (gradients in phi)."""
+    x = s_star.detach().requires_grad_(True)
+    u = U_pi(h, model, policy, x)
+    hv = h(x)
+    gu = torch.autograd.grad(u.sum(), x, retain_graph=True)[0]
+    gh = torch.autograd.grad(hv.sum(), x, retain_graph=True)[0]
+    lam = (gu.norm(dim=-1) / gh.norm(dim=-1).clamp_min(min_grad)).detach()
+    loss = (u + lam * hv).mean()
+    info = {"lambda": float(lam.mean()), "U_max": float(u.detach().max())}
     if h_prev is not None and s_reg is not None and reg_coef > 0:
         with torch.no_grad():
             ref = h_prev(s_reg)
         reg = F.relu(ref - h(s_reg)).mean()
         loss = loss + reg_coef * reg
-        info["reg"] = float(reg)
+        info["reg"] = float(reg.detach())
     return loss, info
 
 
@@ -116,3 +122,25 @@ class CertificateTrainer:
     def load_state_dict(self, d: dict) -> None:
         self.h.load_state_dict(d["h"])
         self.opt.load_state_dict(d["opt"])
+
+
+def fit_certificate(h: Barrier, states: torch.Tensor, positive: torch.Tensor, steps: int = 1000,
+                    lr: float = 1e-3, margin: float = 0.1, batch: int = 1024,
+                    gen: torch.Generator | None = None) -> dict:
+    """Supervised initialisation of f: hinge losses pushing h >= margin on ``positive`` states and
+    h <= -margin on the others. R.1/R.2 hold whatever comes out; R.3 is then trained by Alg. 1."""
+    opt = torch.optim.Adam(h.parameters(), lr=lr)
+    sign = positive.float() * 2 - 1
+    for _ in range(steps):
+        idx = torch.randint(len(states), (min(batch, len(states)),), generator=gen)
+        loss = F.relu(margin - sign[idx] * h(states[idx]))
+        # balance the two classes
+        w = torch.where(positive[idx], 0.5 / positive[idx].float().mean().clamp_min(1e-3),
+                        0.5 / (~positive[idx]).float().mean().clamp_min(1e-3))
+        loss = (w * loss).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        acc = float(((h(states) >= 0) == positive).float().mean())
+    return {"fit_accuracy": acc}

@@ -59,6 +59,28 @@ def cmd_rollout(args) -> int:
     return 0 if result["violations"] == 0 else 1
 
 
+def cmd_train(args) -> int:
+    from crabs.config import load_config
+    from crabs.loop import train
+
+    if args.resume:
+        result = train(args.task or "upright", None, args.resume, resume=True, progress=not args.quiet)
+    else:
+        if args.task is None or args.out is None:
+            raise ValueError("--task and --out are required (or --resume DIR)")
+        cfg = load_config(args.config, task=args.task)
+        overrides = {}
+        if args.seed is not None:
+            overrides["seed"] = args.seed
+        if args.epochs is not None:
+            overrides["epochs"] = args.epochs
+        if overrides:
+            cfg = cfg.replace(**overrides)
+        result = train(args.task, cfg, args.out, progress=not args.quiet)
+    print(json.dumps(result, indent=2))
+    return 0 if result["violations"] == 0 else 1
+
+
 def cmd_oracle(args) -> int:
     from crabs import oracle
 
@@ -87,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="run folder")
     s.set_defaults(func=cmd_rollout)
+
+    s = sub.add_parser("train", help="train CRABS on a task (the main job)")
+    s.add_argument("--task", type=_task)
+    s.add_argument("--config", help="YAML file overriding the task's default config")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--epochs", type=_positive_int)
+    s.add_argument("--out", help="run folder (must be new)")
+    s.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("oracle", help="ground truth for the 2-D pendulum tasks")
     s.add_argument("--task", type=_task, required=True)

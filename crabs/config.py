@@ -40,25 +40,30 @@ class BarrierConfig:
 
     hidden: tuple[int, ...] = (64, 64)         # paper: (256, 256)
     act: str = "relu"                          # paper: ReLU
-    lr: float = 3e-4
+    lr: float = 1e-3
     reg_coef: float = 0.001                    # paper: lambda = 0.001 in Eq. (5)
     eps: float = 0.01                          # release: violating means U + eps > 0 (Swing 0.01)
     max_steps: int = 4000                      # release: 20000
     quiet_steps: int = 300                     # release: 1000 then 5000 quiet steps
     pretrain_steps: int = 4000                 # steps of Alg. 1 for the initial certificate
-    init_tube: float = 0.1                     # radius (normalised units) around the initial data
-                                               # that the initial certificate is fitted to
+    init: str = "rollout"                      # initial certificate: "rollout" fits h to the states
+                                               # whose model rollouts under pi_init stay safe, then
+                                               # runs Alg. 1; "none" runs Alg. 1 from random f
+    init_samples: int = 8192
+    init_rollout_steps: int = 100
+    init_fit_steps: int = 1500
+    max_batch: int = 256                       # adversarial states per update (random subset of W)
 
 
 @dataclass
 class MALAConfig:
     """The adversary's sampler (App. D, Alg. 5)."""
 
-    chains: int = 1000                         # paper: 10000
+    chains: int = 400                          # paper: 10000
     temperature: float = 0.03                  # release: T = 0.03 (paper: tau = 30 ~ 1/T)
-    init_step: float = 1e-3
+    init_step: float = 0.01                    # in units of the state box's half-widths
     target_accept: float = 0.574               # paper: ~0.6; release: 0.574
-    adapt_rate: float = 0.01                   # release: tau *= 1 + rate (accept - target)
+    adapt_rate: float = 0.05                   # release: 0.01 in tau *= 1 + rate (accept - target)
     project_steps: int = 10                    # release: 10 gradient steps on relu(-h)
     project_lr: float = 0.01
     box_scale: float = 1.5                     # release: box = certified bounding box x 1.5
@@ -242,7 +247,7 @@ def load_config(path: str | Path | None = None, task: str | None = None) -> Conf
 PAPER = {
     "dynamics.hidden": (400, 400, 400, 400), "dynamics.steps_per_epoch": 1000,
     "dynamics.init_steps": 20000, "barrier.hidden": (256, 256), "barrier.max_steps": 20000,
-    "barrier.quiet_steps": 5000, "mala.chains": 10000, "sac.hidden": (256, 256),
+    "barrier.quiet_steps": 5000, "mala.chains": 10000, "mala.adapt_rate": 0.01, "sac.hidden": (256, 256),
     "sac.critic_hidden": (256, 256),
 }
 """Where the default departs from the paper (value = the paper's). See docs/config.md."""

@@ -1,0 +1,124 @@
+"""Calibrated dynamics ensemble T-hat (Sec. 4.3, Eq. 6, Appendix C.2).
+
+K Gaussian models N(mu_i(s, a), diag sigma_i^2(s, a)) of the residual s' - s, trained by negative
+log-likelihood (Eq. 6) on independent minibatches, with learnable soft bounds on log sigma
+(Chua et al. 2018; the release's max 0.5 / min -10 and 0.001 * (max - min) penalty). Inputs and
+residual targets are normalised. The confidence region is the set of the K means:
+``T_hat(s, a) = {s + mu_i(s, a)}_i`` — all K are evaluated in one batched pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from crabs.config import DynamicsConfig
+from crabs.nets import EnsembleMLP, Normalizer
+
+
+class Ensemble(nn.Module):
+    def __init__(self, obs_dim: int, act_dim: int, cfg: DynamicsConfig):
+        super().__init__()
+        self.obs_dim, self.act_dim, self.k, self.cfg = obs_dim, act_dim, cfg.k, cfg
+        self.in_norm = Normalizer(obs_dim + act_dim)
+        self.register_buffer("out_mean", torch.zeros(obs_dim))
+        self.register_buffer("out_std", torch.ones(obs_dim))
+        self.net = EnsembleMLP(cfg.k, obs_dim + act_dim, cfg.hidden, 2 * obs_dim, cfg.act)
+        self.max_log_std = nn.Parameter(torch.full((obs_dim,), cfg.max_log_std))
+        self.min_log_std = nn.Parameter(torch.full((obs_dim,), cfg.min_log_std))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    @torch.no_grad()
+    def fit_normalizers(self, s: torch.Tensor, a: torch.Tensor, s2: torch.Tensor) -> None:
+        """Set input/output normalisation from data (done once, on the start-up data, so that the
+        ensemble's inputs keep their meaning while it keeps training)."""
+        self.in_norm.fit(torch.cat([s, a], -1))
+        d = s2 - s
+        self.out_mean.copy_(d.mean(0))
+        self.out_std.copy_(d.std(0, unbiased=False).clamp_min(1e-6))
+        self.fitted.fill_(True)
+
+    def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised residual mean and log std for inputs x of shape (K, B, obs+act)."""
+        mu, raw = self.net(self.in_norm(x)).chunk(2, dim=-1)
+        log_std = self.max_log_std - F.softplus(self.max_log_std - raw)
+        log_std = self.min_log_std + F.softplus(log_std - self.min_log_std)
+        return mu, log_std
+
+    def means(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """The confidence region T_hat(s, a): the K predicted next states, shape (K, *batch, obs)."""
+        batch = s.shape[:-1]
+        x = torch.cat([s, a], -1).reshape(1, -1, self.obs_dim + self.act_dim)
+        mu, _ = self._stats(x.expand(self.k, -1, -1))
+        nxt = s.reshape(1, -1, self.obs_dim) + self.out_mean + self.out_std * mu
+        return nxt.reshape(self.k, *batch, self.obs_dim)
+
+    def nll(self, s: torch.Tensor, a: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+        """Eq. (6) for batches of shape (K, B, .), one minibatch per model; plus the bound penalty."""
+        mu, log_std = self._stats(torch.cat([s, a], -1))
+        target = (s2 - s - self.out_mean) / self.out_std
+        inv_var = torch.exp(-2 * log_std)
+        nll = (((mu - target) ** 2) * inv_var + 2 * log_std).mean()
+        return nll + self.cfg.bound_coef * (self.max_log_std.sum() - self.min_log_std.sum())
+
+
+class DynamicsTrainer:
+    """Adam on Eq. (6) with the paper's lr / weight decay; bootstrap-free independent minibatches."""
+
+    def __init__(self, model: Ensemble, cfg: DynamicsConfig):
+        self.model, self.cfg = model, cfg
+        self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def train(self, buffer, steps: int, gen: np.random.Generator) -> float:
+        k, b = self.model.k, self.cfg.batch
+        loss = torch.tensor(float("nan"))
+        for _ in range(steps):
+            idx = gen.integers(0, len(buffer), size=(k, b))
+            batch = buffer.index(idx)
+            loss = self.model.nll(batch["s"], batch["a"], batch["s2"])
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+        return float(loss.detach())
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict()}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.model.load_state_dict(d["model"])
+        self.opt.load_state_dict(d["opt"])
+
+
+@torch.no_grad()
+def prediction_error(model: Ensemble, s: torch.Tensor, a: torch.Tensor, s2: torch.Tensor) -> dict:
+    """How well T_hat predicted real transitions it had not been trained on: RMSE of the ensemble
+    mean and, in units of the ensemble's spread, how far the truth lay from the K means."""
+    means = model.means(s, a)                       # (K, B, d)
+    err = (means.mean(0) - s2).pow(2).sum(-1).sqrt()
+    spread = (means.max(0).values - means.min(0).values)
+    outside = ((s2 < means.min(0).values) | (s2 > means.max(0).values)).any(-1)
+    return {"rmse": float(err.pow(2).mean().sqrt()), "max_err": float(err.max()),
+            "spread": float(spread.norm(dim=-1).mean()), "outside_box": float(outside.float().mean())}
+
+
+@torch.no_grad()
+def member_step(model: Ensemble, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Each member advances its own states: s, a of shape (K, N, .) -> (K, N, obs)."""
+    mu, _ = model._stats(torch.cat([s, a], -1))
+    return s + model.out_mean + model.out_std * mu
+
+
+@torch.no_grad()
+def model_safe_rollouts(model: Ensemble, policy, spec, states: torch.Tensor, steps: int) -> torch.Tensor:
+    """True where every ensemble member, rolled out on its own from the state under the mean policy,
+    keeps B_safe = 0 (|z| <= 1 - margin on every constrained coordinate) for ``steps`` steps. Used
+    to initialise the certificate (the paper pre-trains one but does not say how)."""
+    s = states[None].expand(model.k, -1, -1).clone()
+    ok = torch.ones(len(states), dtype=torch.bool)
+    for _ in range(steps):
+        s = member_step(model, s, policy.mean_action(s))
+        ok &= (spec.B_safe_torch(s) <= 0).all(0) & torch.isfinite(s).all(-1).all(0)
+        s = torch.where(torch.isfinite(s), s, torch.zeros_like(s))
+    return ok

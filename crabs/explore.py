@@ -1,0 +1,47 @@
+"""Safe exploration with a certified safeguard policy (Algorithm 3, Appendix C.2).
+
+n proposals a_i = tanh(mu(s) + sigma(s) c_i zeta_i) from the exploration policy; the first with
+U(s, a_i, h) <= 0 is taken (the paper's "<= 1" is a typo: staying in C_h means U <= 0), else the
+safeguard pi(s) = tanh(mu(s)). With ``noise_decay`` the scales c_i fall log-uniformly from 1 to
+1e-3 (the authors' release), so the first certified proposal is the most exploratory one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from crabs.barrier import U
+
+
+@dataclass
+class ExploreResult:
+    action: np.ndarray
+    safeguard: bool     # the safeguard's action was returned
+    U: float            # U(s, action, h) under the model
+
+
+@torch.no_grad()
+def safeguarded_action(s: np.ndarray, policy, h, model, n: int = 100, noise_decay: bool = True,
+                       uniform: bool = False, noise_scale: float = 1.0,
+                       gen: torch.Generator | None = None) -> ExploreResult:
+    """Algorithm 3 for one state. ``uniform`` draws proposals uniformly from [-1, 1] instead (the
+    Swing schedule's random-proposal episodes); ``noise_scale`` widens pi_expl's noise."""
+    st = torch.as_tensor(s, dtype=torch.float32)[None]
+    mu, log_std = policy(st)
+    k = mu.shape[-1]
+    if uniform:
+        props = 2 * torch.rand(n, k, generator=gen) - 1
+    else:
+        c = torch.logspace(0, -3, n) if noise_decay else torch.ones(n)
+        zeta = torch.randn(n, k, generator=gen)
+        props = torch.tanh(mu + noise_scale * c[:, None] * log_std.exp() * zeta)
+    u = U(h, model, st.expand(n, -1), props)
+    ok = torch.nonzero(u <= 0).flatten()
+    if len(ok):
+        i = int(ok[0])
+        return ExploreResult(props[i].double().numpy(), False, float(u[i]))
+    a = torch.tanh(mu)
+    return ExploreResult(a[0].double().numpy(), True, float(U(h, model, st, a)[0]))

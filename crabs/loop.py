@@ -1,0 +1,476 @@
+"""Co-training (Algorithm 2): the only place that knows the order of the steps.
+
+Start-up (what the paper assumes): safe episodes of the initial policy, an initial model, and a
+certificate pre-trained for the initial policy and model (Alg. 1). Then, per epoch:
+
+1. collect data with safeguarded exploration (Alg. 3), every step through the safety monitor;
+2. train the calibrated ensemble (Sec. 4.3);
+3. train the certificate for the current policy (Alg. 1 with the Sec. 4.2 regulariser), rolling
+   back to the previous one if the adversary is not silenced within the budget;
+4. optimise the policy with constrained SAC and adversarial steps (Alg. 4), then make sure the
+   adversary finds no state the policy is not certified at, or roll the policy back;
+5. evaluate the mean policy (real steps: they go through the monitor too) and checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crabs.barrier import Barrier, CertificateTrainer, U, fit_certificate
+from crabs.buffer import ReplayBuffer
+from crabs.config import Config
+from crabs.dynamics import DynamicsTrainer, Ensemble, model_safe_rollouts, prediction_error
+from crabs.envs import MonitorCounters, SafetyMonitor, read_ledger
+from crabs.explore import safeguarded_action
+from crabs.mala import Adversary
+from crabs.sac import ConstrainedSAC
+from crabs.system import System
+
+CKPT_VERSION = 1
+
+
+@dataclass
+class EpochLog:
+    rows: list[dict] = field(default_factory=list)
+
+
+class CRABS:
+    """The co-training loop on one system, writing into ``run_dir``."""
+
+    def __init__(self, system: System, cfg: Config, run_dir: str | Path, progress: bool = True):
+        self.sys, self.cfg = system, cfg
+        self.dir = Path(run_dir)
+        self.progress = progress
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.tgen = torch.Generator().manual_seed(cfg.seed + 1)
+        spec = system.spec
+        self.policy = copy.deepcopy(system.initial_policy).train()
+        obs_dim, act_dim = spec.dim, self.policy.act_dim
+        self.buffer = ReplayBuffer(obs_dim, act_dim)
+        self.model = Ensemble(obs_dim, act_dim, cfg.dynamics)
+        self.dyn = DynamicsTrainer(self.model, cfg.dynamics)
+        scale = torch.as_tensor((system.state_high - system.state_low) / 2, dtype=torch.float32)
+        self.h = Barrier(spec, cfg.barrier, scale)
+        self.cert = CertificateTrainer(self.h, cfg.barrier)
+        self.sac = ConstrainedSAC(self.policy, cfg.sac)
+        self.adv = Adversary(system.state_low, system.state_high, cfg.mala, seed=cfg.seed + 2)
+        self.epoch = 0
+        self.counters = MonitorCounters()
+        self.log = EpochLog()
+        self.started_epochs = False
+        self.certified = False
+        # the last policy that was certified (initially the given safe policy): what acts whenever
+        # the current (policy, certificate, model) triple could not be certified
+        self.safe_policy_state = copy.deepcopy(self.policy.state_dict())
+        self._rows_at_start = 0
+
+    # -- environment ------------------------------------------------------------------------
+    def _env(self, tag: str) -> SafetyMonitor:
+        return SafetyMonitor(self.sys.make_env(), self.sys.spec, ledger=self.dir / "ledger.jsonl",
+                             counters=self.counters, tag=tag)
+
+    def _episode(self, env: SafetyMonitor, choose, add: bool = True) -> dict:
+        s, _ = env.reset()
+        ret, n_guard, n, fails, states = 0.0, 0, 0, 0, [s]
+        while True:
+            a, guard, predicted_inside = choose(s)
+            s2, r, term, trunc, info = env.step(a)
+            if add:
+                self.buffer.add(s, a, r, s2, float(info["cost"] > 0))
+            if predicted_inside is not None and predicted_inside:
+                with torch.no_grad():
+                    if float(self.h(torch.as_tensor(s2, dtype=torch.float32))) < 0:
+                        fails += 1  # a model failure: predicted in C_h, really outside
+            ret += float(r)
+            n += 1
+            n_guard += int(guard)
+            states.append(s2)
+            s = s2
+            if term or trunc:
+                break
+        return {"return": ret, "length": n, "safeguard": n_guard, "model_failures": fails,
+                "states": np.asarray(states)}
+
+    def _safe_act(self, s):
+        if not hasattr(self, "_safe_policy") or self._safe_policy_version != id(self.safe_policy_state):
+            self._safe_policy = copy.deepcopy(self.policy)
+            self._safe_policy.load_state_dict(self.safe_policy_state)
+            self._safe_policy_version = id(self.safe_policy_state)
+        with torch.no_grad():
+            a = self._safe_policy.mean_action(torch.as_tensor(s, dtype=torch.float32))
+        return a.double().numpy()
+
+    def _mean_act(self, s):
+        with torch.no_grad():
+            return self.policy.mean_action(torch.as_tensor(s, dtype=torch.float32)).double().numpy()
+
+    # -- start-up ---------------------------------------------------------------------------
+    def startup(self) -> dict:
+        """Initial data (the initial policy with small noise), initial model, initial certificate."""
+        cfg = self.cfg
+        env = self._env("startup")
+        noise = cfg.init_noise
+
+        def choose(s):
+            a = self._mean_act(s)
+            a = np.clip(a + noise * self.rng.standard_normal(a.shape), -1, 1)
+            return a, False, None
+
+        try:
+            eps = [self._episode(env, choose) for _ in range(cfg.init_episodes)]
+        finally:
+            env.close()
+        data = self.buffer.all()
+        self.model.fit_normalizers(data["s"], data["a"], data["s2"])
+        self.dyn.train(self.buffer, cfg.dynamics.init_steps, self.rng)
+        info = self.init_certificate()
+        found, steps = self.train_certificate(cfg.barrier.pretrain_steps, h_prev=None)
+        self.certified = found and self.check_certified(self.cfg.barrier.quiet_steps)
+        return {"startup_return": float(np.mean([e["return"] for e in eps])),
+                "cert_found": found, "cert_steps": steps, "certified_volume": self.certified_volume(),
+                **info}
+
+    def init_certificate(self) -> dict:
+        """Initial certificate for the initial policy and model (the paper assumes one, App. C):
+        with ``barrier.init = "rollout"``, h is first fitted to the states whose model rollouts
+        under the policy stay safe for every ensemble member; Alg. 1 then makes it invariant."""
+        bc = self.cfg.barrier
+        if bc.init == "none":
+            return {}
+        if bc.init != "rollout":
+            raise ValueError(f"barrier.init must be 'rollout' or 'none', got {bc.init!r}")
+        lo = torch.as_tensor(self.sys.state_low, dtype=torch.float32)
+        hi = torch.as_tensor(self.sys.state_high, dtype=torch.float32)
+        s = lo + (hi - lo) * torch.rand(bc.init_samples, len(lo), generator=self.tgen)
+        s = torch.cat([s, self.buffer.all()["s"]])
+        pos = model_safe_rollouts(self.model, self.policy, self.sys.spec, s, bc.init_rollout_steps)
+        info = fit_certificate(self.h, s, pos, bc.init_fit_steps, gen=self.tgen)
+        self.adv.invalidate()
+        return {"init_positive": float(pos.float().mean()), **info}
+
+    # -- Algorithm 1 ------------------------------------------------------------------------
+    def train_certificate(self, max_steps: int, h_prev: Barrier | None) -> tuple[bool, int]:
+        """Alg. 1: MALA adversary + Eq. (4)/(5) updates until the adversary has been quiet for
+        ``quiet_steps`` twice in a row (the second window after re-drawing the chains)."""
+        bc = self.cfg.barrier
+        self.adv.reset(self.h, self.model, self.policy)
+        quiet, windows = 0, 0
+        for step in range(1, max_steps + 1):
+            self.adv.step(self.h, self.model, self.policy)
+            w = self.adv.violators(bc.eps)
+            if len(w) == 0:
+                quiet += 1
+                if quiet >= bc.quiet_steps:
+                    windows += 1
+                    if windows >= 2:
+                        return True, step
+                    quiet = 0
+                    self.adv.reset(self.h, self.model, self.policy)
+                continue
+            quiet, windows = 0, 0
+            if len(w) > bc.max_batch:
+                w = w[torch.randperm(len(w), generator=self.tgen)[: bc.max_batch]]
+            self.cert.step(self.model, self.policy, w, h_prev, self.adv.candidates())
+            self.adv.invalidate()
+        return False, max_steps
+
+    def ensure_policy_certified(self, max_steps: int) -> tuple[bool, int]:
+        """Adversarial policy steps until the adversary is quiet (two windows), Alg. 4 lines 5-6."""
+        bc, sc = self.cfg.barrier, self.cfg.sac
+        self.adv.reset(self.h, self.model, self.policy)
+        quiet, windows = 0, 0
+        for step in range(1, max_steps + 1):
+            self.adv.step(self.h, self.model, self.policy)
+            w = self.adv.violators(bc.eps)
+            if len(w) == 0:
+                quiet += 1
+                if quiet >= bc.quiet_steps:
+                    windows += 1
+                    if windows >= 2:
+                        return True, step
+                    quiet = 0
+                    self.adv.reset(self.h, self.model, self.policy)
+                continue
+            quiet, windows = 0, 0
+            self.sac.adversarial_step(w, self.h, self.model, sc.adv_coef)
+            self.adv.invalidate()
+        return False, max_steps
+
+    def check_certified(self, steps: int) -> bool:
+        """A fresh adversary, no updates: True if it finds no violating state in ``steps`` steps."""
+        eps = self.cfg.barrier.eps
+        self.adv.reset(self.h, self.model, self.policy)
+        for _ in range(steps):
+            self.adv.step(self.h, self.model, self.policy)
+            if len(self.adv.violators(eps)):
+                return False
+        return True
+
+    # -- one epoch of Algorithm 2 -------------------------------------------------------------
+    def collect(self) -> dict:
+        ec = self.cfg.explore
+        env = self._env("explore")
+        plan = ([("uniform", 1.0)] * ec.uniform_episodes + [("policy", 1.0)] * ec.episodes_per_epoch
+                + [("policy", 2.0)] * ec.noisy_episodes)
+        explore_ok = self.certified
+        n0 = len(self.buffer)
+        eps = []
+        try:
+            for kind, scale in plan:
+                def choose(s, kind=kind, scale=scale):
+                    if not explore_ok:  # no certified triple: the last certified policy acts
+                        a = self._safe_act(s)
+                        with torch.no_grad():
+                            u = float(U(self.h, self.model, torch.as_tensor(s, dtype=torch.float32)[None],
+                                        torch.as_tensor(a, dtype=torch.float32)[None])[0])
+                        return a, True, u <= 0
+                    res = safeguarded_action(s, self.policy, self.h, self.model, ec.n, ec.noise_decay,
+                                             uniform=kind == "uniform", noise_scale=scale, gen=self.tgen)
+                    return res.action, res.safeguard, res.U <= 0
+                eps.append(self._episode(env, choose))
+        finally:
+            env.close()
+        new = self.buffer.index(np.arange(n0, len(self.buffer)))
+        err = prediction_error(self.model, new["s"], new["a"], new["s2"])
+        steps = sum(e["length"] for e in eps)
+        return {"explore_return": float(np.mean([e["return"] for e in eps])),
+                "safeguard_rate": sum(e["safeguard"] for e in eps) / max(steps, 1),
+                "model_failures": sum(e["model_failures"] for e in eps),
+                "model_rmse": err["rmse"], "model_outside": err["outside_box"]}
+
+    def optimise_policy(self) -> dict:
+        sc = self.cfg.sac
+        infos = []
+        for i in range(sc.steps_per_epoch):
+            batch = self.buffer.sample(sc.batch, self.rng)
+            infos.append(self.sac.update(batch, self.h, self.model))
+            self.adv.invalidate()
+            if sc.adv_every and (i + 1) % sc.adv_every == 0:
+                self.adv.step(self.h, self.model, self.policy)
+                w = self.adv.violators(self.cfg.barrier.eps)
+                if len(w):
+                    self.sac.adversarial_step(w, self.h, self.model, sc.adv_coef)
+        last = infos[-1] if infos else {}
+        return {k: last[k] for k in ("q_loss", "alpha", "certified_frac")} if last else {}
+
+    def evaluate(self) -> dict:
+        env = self._env("eval")
+        try:
+            act = self._mean_act if self.certified else self._safe_act
+            ep = self._episode(env, lambda s: (act(s), False, None), add=True)
+        finally:
+            env.close()
+        self.last_eval_states = ep["states"]
+        return {"eval_return": ep["return"], "eval_length": ep["length"]}
+
+    @torch.no_grad()
+    def certified_volume(self, n: int = 20000) -> float:
+        """Fraction of the state box certified (h >= 0), by uniform sampling."""
+        lo = torch.as_tensor(self.sys.state_low, dtype=torch.float32)
+        hi = torch.as_tensor(self.sys.state_high, dtype=torch.float32)
+        s = lo + (hi - lo) * torch.rand(n, len(lo), generator=self.tgen)
+        return float((self.h(s) >= 0).float().mean())
+
+    def run_epoch(self) -> dict:
+        cfg = self.cfg
+        t0 = time.time()
+        row: dict = {"epoch": self.epoch + 1}
+        row.update(self.collect())
+        self.dyn.train(self.buffer, cfg.dynamics.steps_per_epoch, self.rng)
+        h_prev = self.cert.snapshot()
+        found, steps = self.train_certificate(cfg.barrier.max_steps, h_prev)
+        if not found:  # roll back (facts sheet): the policy must then satisfy the old certificate
+            self.h.load_state_dict(h_prev.state_dict())
+            self.adv.invalidate()
+        row.update(cert_found=found, cert_steps=steps)
+        pi_prev = copy.deepcopy(self.sac.state_dict())
+        row.update(self.optimise_policy())
+        ok, psteps = self.ensure_policy_certified(cfg.barrier.max_steps)
+        if not ok:  # roll the policy back to the one h was trained for, and check it unchanged
+            self.sac.load_state_dict(pi_prev)
+            ok = found and self.check_certified(cfg.barrier.quiet_steps)
+        self.certified = ok
+        if ok:
+            self.safe_policy_state = copy.deepcopy(self.policy.state_dict())
+        row.update(policy_certified=ok, policy_cert_steps=psteps)
+        if cfg.eval_every and (self.epoch + 1) % cfg.eval_every == 0:
+            row.update(self.evaluate())
+        row.update(certified_volume=self.certified_volume(), env_steps=self.counters.env_steps,
+                   episodes=self.counters.episodes, violations=self.counters.violations,
+                   epoch_s=round(time.time() - t0, 2))
+        self.epoch += 1
+        return row
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"version": CKPT_VERSION, "system": self.sys.name, "config": self.cfg.to_dict(),
+                "epoch": self.epoch, "counters": self.counters.to_dict(),
+                "certified": self.certified, "safe_policy": self.safe_policy_state,
+                "model": self.dyn.state_dict(),
+                "barrier": self.cert.state_dict(), "sac": self.sac.state_dict(),
+                "buffer": self.buffer.state_dict(), "log": self.log.rows, "rng": self._rng_state()}
+
+    def _rng_state(self) -> dict:
+        st = self.rng.bit_generator.state
+        return {"bitgen": st["bit_generator"], "state": str(st["state"]["state"]),
+                "inc": str(st["state"]["inc"]), "has_uint32": st["has_uint32"],
+                "uinteger": st["uinteger"], "torch": torch.get_rng_state(),
+                "tgen": self.tgen.get_state(), "adv": self.adv.gen.get_state()}
+
+    def load_state_dict(self, d: dict) -> None:
+        if d.get("version") != CKPT_VERSION:
+            raise ValueError(f"checkpoint version {d.get('version')} is not supported")
+        if d["system"] != self.sys.name:
+            raise ValueError(f"checkpoint is from task {d['system']!r}, not {self.sys.name!r}")
+        self.epoch, self.certified = d["epoch"], d["certified"]
+        self.safe_policy_state = d["safe_policy"]
+        self.counters = MonitorCounters(**d["counters"])
+        self.dyn.load_state_dict(d["model"])
+        self.cert.load_state_dict(d["barrier"])
+        self.sac.load_state_dict(d["sac"])
+        self.buffer.load_state_dict(d["buffer"])
+        self.log.rows = list(d["log"])
+        self._rows_at_start = len(self.log.rows)
+        r = d["rng"]
+        self.rng.bit_generator.state = {"bit_generator": r["bitgen"], "state": {
+            "state": int(r["state"]), "inc": int(r["inc"])}, "has_uint32": r["has_uint32"],
+            "uinteger": r["uinteger"]}
+        torch.set_rng_state(r["torch"])
+        self.tgen.set_state(r["tgen"])
+        self.adv.gen.set_state(r["adv"])
+        self.adv.state = None
+
+    def save(self) -> Path:
+        ck = self.dir / "checkpoints"
+        ck.mkdir(parents=True, exist_ok=True)
+        path = ck / "last.pt"
+        tmp = ck / "last.pt.tmp"
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(path)
+        torch.save({"spec": self.policy.spec(), "state_dict": self.policy.state_dict(),
+                    "meta": {"task": self.sys.name, "epoch": self.epoch}}, ck / "policy.pt")
+        return path
+
+    def resume(self) -> None:
+        path = self.dir / "checkpoints" / "last.pt"
+        if not path.exists():
+            raise FileNotFoundError(f"no checkpoint to resume from in {str(self.dir)!r}")
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        # real steps taken after the checkpoint (before the interruption) still count: the ledger
+        # holds every finished episode with the running totals
+        recs = [r for r in read_ledger(self.dir / "ledger.jsonl") if r.get("event") == "episode"]
+        if recs:
+            last = recs[-1]
+            self.counters.env_steps = max(self.counters.env_steps, int(last["env_steps"]))
+            self.counters.episodes = max(self.counters.episodes, int(last["episode"]))
+            self.counters.violations = max(self.counters.violations, int(last["violations"]))
+
+    # -- the whole run ----------------------------------------------------------------------
+    def prior_wall_clock(self) -> float:
+        """Wall-clock of the run's earlier sessions (before a resume), from the metrics rows."""
+        return float(sum(r.get("epoch_s", 0.0) for r in self.log.rows[: self._rows_at_start]))
+
+    def make_plots(self) -> None:
+        from crabs.plots import figure2, figure3
+
+        figure2([("CRABS", self.dir)], self.dir / "figure2.png", title=f"{self.sys.name}")
+        kernel = None
+        if self.sys.name in ("upright", "tilt"):
+            from crabs.oracle import viability_kernel
+
+            kernel = viability_kernel()
+        traj = getattr(self, "last_eval_states", None)
+        figure3(self.h, self.sys.spec, self.sys.state_low, self.sys.state_high, traj,
+                self.dir / "figure3.png", title=f"{self.sys.name}: C_h after {self.epoch} epochs",
+                kernel=kernel)
+
+    def write_metrics(self) -> None:
+        rows = self.log.rows
+        if not rows:
+            return
+        keys: list[str] = []
+        for r in rows:
+            keys += [k for k in r if k not in keys]
+        tmp = self.dir / "metrics.csv.tmp"
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+        tmp.replace(self.dir / "metrics.csv")
+
+
+# -- the public entry point -------------------------------------------------------------------
+def train(system: str | System, config: Config | None = None, out: str | Path = "runs/crabs",
+          resume: bool = False, progress: bool = True) -> dict:
+    """Run CRABS (Algorithm 2) on a built-in task name or a :class:`System`, writing the run folder
+    ``out`` (config, ledger, metrics, checkpoints, summary.json, plots). With ``resume=True`` the
+    run continues from ``out``'s last checkpoint with ``out``'s own config and counters."""
+    import yaml
+    from tqdm.auto import tqdm
+
+    from crabs.config import load_config
+    from crabs.runs import prepare_run_dir, write_json
+    from crabs.system import builtin_system
+
+    out = prepare_run_dir(out)
+    cfg_path = out / "config.yaml"
+    if resume:
+        if not cfg_path.exists():
+            raise FileNotFoundError(f"{str(out)!r} holds no run to resume (no config.yaml)")
+        cfg = Config.from_dict(yaml.safe_load(cfg_path.read_text()))
+    else:
+        if (out / "ledger.jsonl").exists() or (out / "checkpoints").exists():
+            raise ValueError(f"{str(out)!r} already holds a run: pass resume or choose another folder")
+        if config is None:
+            config = load_config(task=system if isinstance(system, str) else None)
+        cfg = config
+        if isinstance(system, str) and cfg.task != system:
+            cfg = cfg.replace(task=system)
+        cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if isinstance(system, str):
+        system = builtin_system(system, cfg.sac.hidden, cfg.sac.act)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    crabs = CRABS(system, cfg, out, progress)
+    started = time.time()
+    if resume:
+        crabs.resume()
+    else:
+        info = crabs.startup()
+        row = {"epoch": 0, **info, **crabs.evaluate(), "env_steps": crabs.counters.env_steps,
+               "episodes": crabs.counters.episodes, "violations": crabs.counters.violations,
+               "epoch_s": round(time.time() - started, 2)}
+        crabs.log.rows.append(row)
+        crabs.write_metrics()
+        crabs.save()
+    bar = tqdm(range(crabs.epoch, cfg.epochs), initial=crabs.epoch, total=cfg.epochs,
+               desc=f"crabs {system.name}", disable=not progress, unit="epoch")
+    for _ in bar:
+        row = crabs.run_epoch()
+        crabs.log.rows.append(row)
+        crabs.write_metrics()
+        if cfg.checkpoint_every and crabs.epoch % cfg.checkpoint_every == 0:
+            crabs.save()
+        bar.set_postfix(violations=crabs.counters.violations, ret=f"{row.get('eval_return', float('nan')):.3g}",
+                        vol=f"{row['certified_volume']:.3f}", steps=crabs.counters.env_steps)
+    crabs.save()
+    final = crabs.evaluate()
+    crabs.write_metrics()
+    summary = {"task": system.name, "algorithm": "crabs", "seed": cfg.seed,
+               "env_steps": crabs.counters.env_steps, "episodes": crabs.counters.episodes,
+               "violations": crabs.counters.violations, "final_eval_return": final["eval_return"],
+               "mean_return": float(np.mean([r["eval_return"] for r in crabs.log.rows
+                                             if "eval_return" in r])),
+               "certified_volume": crabs.certified_volume(), "epochs": crabs.epoch,
+               "certified": crabs.certified,
+               "wall_clock_s": round(time.time() - started + crabs.prior_wall_clock(), 1)}
+    write_json(out / "summary.json", summary)
+    crabs.make_plots()
+    return summary

@@ -1,0 +1,120 @@
+"""Constrained SAC and the adversarial policy step (Sec. 4.4, Appendix B, Algorithm 4).
+
+* Policy loss (Eq. 10): E[alpha log pi_expl(a|s) - Q-hat(s, a)], with Q-hat = Q1 where
+  U(s, a, h) <= 0 and -C - U(s, a, h) elsewhere, so proposals that would leave C_h are pushed back.
+* Critic loss (Eq. 11): the TD error only where the next action a' ~ pi_expl(s') is certified,
+  U(s', a', h) <= 0 (Alg. 3 would reject the others); twin Q, target networks, soft target.
+* Temperature (Eq. 12) learned toward the target entropy -dim(A).
+* Adversarial step: minimise the mean of U(s*, pi(s*), h) over the adversarial states s* (the
+  gradient of C* w.r.t. the policy parameters, Sec. 4.4).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from crabs.barrier import U
+from crabs.config import SACConfig
+from crabs.nets import TanhGaussianPolicy, mlp
+
+
+class TwinQ(nn.Module):
+    def __init__(self, obs_dim: int, act_dim: int, hidden, act: str = "relu"):
+        super().__init__()
+        self.q1 = mlp(obs_dim + act_dim, hidden, 1, act)
+        self.q2 = mlp(obs_dim + act_dim, hidden, 1, act)
+
+    def forward(self, s, a) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([s, a], -1)
+        return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
+
+
+class ConstrainedSAC:
+    def __init__(self, policy: TanhGaussianPolicy, cfg: SACConfig):
+        self.cfg = cfg
+        self.policy = policy
+        d, k = policy.obs_dim, policy.act_dim
+        self.q = TwinQ(d, k, cfg.critic_hidden, cfg.act)
+        self.q_targ = copy.deepcopy(self.q)
+        for p in self.q_targ.parameters():
+            p.requires_grad_(False)
+        self.log_alpha = torch.tensor(math.log(cfg.init_alpha), requires_grad=True)
+        self.target_entropy = -float(k) if cfg.target_entropy is None else cfg.target_entropy
+        self.pi_opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
+        self.q_opt = torch.optim.Adam(self.q.parameters(), lr=cfg.lr)
+        self.a_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr)
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.exp()
+
+    def update(self, batch: dict, h, model) -> dict:
+        """Lines 1-4 of Algorithm 4 on one minibatch."""
+        s, a, r, s2, done = batch["s"], batch["a"], batch["r"], batch["s2"], batch["done"]
+        alpha = self.alpha.detach()
+        # critic (Eq. 11)
+        with torch.no_grad():
+            a2, logp2 = self.policy.sample(s2)
+            q1t, q2t = self.q_targ(s2, a2)
+            target = r + self.cfg.gamma * (1 - done) * (torch.min(q1t, q2t) - alpha * logp2)
+            mask = (U(h, model, s2, a2) <= 0).float()
+        q1, q2 = self.q(s, a)
+        denom = mask.sum().clamp_min(1.0)
+        q_loss = ((mask * ((q1 - target) ** 2 + (q2 - target) ** 2)).sum()) / denom
+        self.q_opt.zero_grad(set_to_none=True)
+        q_loss.backward()
+        self.q_opt.step()
+        # policy (Eq. 10)
+        pa, logp = self.policy.sample(s)
+        q1p, _ = self.q(s, pa)
+        u = U(h, model, s, pa)
+        q_hat = torch.where(u <= 0, q1p, -self.cfg.big_c - u)
+        pi_loss = (alpha * logp - q_hat).mean()
+        self.pi_opt.zero_grad(set_to_none=True)
+        pi_loss.backward()
+        self.pi_opt.step()
+        # temperature (Eq. 12)
+        a_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+        self.a_opt.zero_grad(set_to_none=True)
+        a_loss.backward()
+        self.a_opt.step()
+        self.q.zero_grad(set_to_none=True)  # the policy loss left grads on Q
+        # target networks (line 7)
+        with torch.no_grad():
+            for p, pt in zip(self.q.parameters(), self.q_targ.parameters()):
+                pt.lerp_(p, self.cfg.tau)
+        return {"q_loss": float(q_loss), "pi_loss": float(pi_loss), "alpha": float(alpha),
+                "certified_frac": float((u <= 0).float().mean()), "mask_frac": float(mask.mean())}
+
+    def adversarial_step(self, s_star: torch.Tensor, h, model, coef: float = 1.0) -> float:
+        """Line 6 of Algorithm 4: minimise mean U(s*, pi(s*), h) over the policy's parameters."""
+        if len(s_star) == 0:
+            return float("nan")
+        u = U(h, model, s_star, self.policy.mean_action(s_star))
+        loss = coef * u.mean()
+        self.pi_opt.zero_grad(set_to_none=True)
+        grads = torch.autograd.grad(loss, list(self.policy.parameters()))
+        for p, g in zip(self.policy.parameters(), grads):
+            p.grad = g
+        self.pi_opt.step()
+        return float(u.max())
+
+    def state_dict(self) -> dict:
+        return {"policy": self.policy.state_dict(), "q": self.q.state_dict(),
+                "q_targ": self.q_targ.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
+                "pi_opt": self.pi_opt.state_dict(), "q_opt": self.q_opt.state_dict(),
+                "a_opt": self.a_opt.state_dict()}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.policy.load_state_dict(d["policy"])
+        self.q.load_state_dict(d["q"])
+        self.q_targ.load_state_dict(d["q_targ"])
+        with torch.no_grad():
+            self.log_alpha.copy_(d["log_alpha"])
+        self.pi_opt.load_state_dict(d["pi_opt"])
+        self.q_opt.load_state_dict(d["q_opt"])
+        self.a_opt.load_state_dict(d["a_opt"])

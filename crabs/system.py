@@ -1,0 +1,58 @@
+"""A system CRABS can train on: a Gymnasium environment, its safety spec, a safe initial policy
+and a bounding box of the states worth certifying. Built-in tasks and user systems alike."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+
+from crabs.envs import SafetySpec, get_task
+from crabs.nets import TanhGaussianPolicy
+
+
+@dataclass
+class System:
+    """Everything CRABS needs to know about a system.
+
+    Args:
+        name: a label (used in run folders and checkpoints; a checkpoint of another system is refused).
+        make_env: builds the real environment (it is wrapped in the safety monitor by CRABS).
+        spec: the safe set, s0 and horizon.
+        initial_policy: a safe (certifiable) initial policy, a TanhGaussianPolicy.
+        state_low, state_high: the box in which the adversary searches and certificates are drawn;
+            constrained coordinates should match the safe set, free ones (speeds) a generous bound.
+        reward: optional r(s) (NumPy), for ground-truth checks only; training uses the env's rewards.
+    """
+
+    name: str
+    make_env: Callable[[], gym.Env]
+    spec: SafetySpec
+    initial_policy: TanhGaussianPolicy
+    state_low: np.ndarray
+    state_high: np.ndarray
+    reward: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        self.state_low = np.asarray(self.state_low, dtype=np.float64)
+        self.state_high = np.asarray(self.state_high, dtype=np.float64)
+        d = self.spec.dim
+        if self.state_low.shape != (d,) or self.state_high.shape != (d,):
+            raise ValueError(f"state_low/state_high must have shape ({d},)")
+        if not np.all(self.state_high > self.state_low):
+            raise ValueError("state_high must exceed state_low in every coordinate")
+        if not np.all((self.spec.s0_array() >= self.state_low) & (self.spec.s0_array() <= self.state_high)):
+            raise ValueError("s0 lies outside the state box")
+        if self.initial_policy.obs_dim != d:
+            raise ValueError(f"initial policy expects {self.initial_policy.obs_dim}-D states, spec has {d}")
+
+
+def builtin_system(task: str, hidden=(64, 64), act: str = "relu", **env_kwargs) -> System:
+    from crabs.initial import initial_policy
+
+    t = get_task(task)
+    low, high = t.box()
+    return System(t.name, lambda: gym.make(t.env_id, disable_env_checker=True, **env_kwargs), t.spec,
+                  initial_policy(t.name, hidden, act), low, high, t.reward)

@@ -458,7 +458,8 @@ def train(system: str | System, config: Config | None = None, out: str | Path = 
         crabs.write_metrics()
         if cfg.checkpoint_every and crabs.epoch % cfg.checkpoint_every == 0:
             crabs.save()
-        bar.set_postfix(violations=crabs.counters.violations, ret=f"{row.get('eval_return', float('nan')):.3g}",
+        bar.set_postfix(violations=crabs.counters.violations,
+                        ret=f"{row.get('eval_return', float('nan')):.3g}",
                         vol=f"{row['certified_volume']:.3f}", steps=crabs.counters.env_steps)
     crabs.save()
     final = crabs.evaluate()

@@ -87,7 +87,7 @@ class ConstrainedSAC:
         with torch.no_grad():
             for p, pt in zip(self.q.parameters(), self.q_targ.parameters()):
                 pt.lerp_(p, self.cfg.tau)
-        return {"q_loss": float(q_loss), "pi_loss": float(pi_loss), "alpha": float(alpha),
+        return {"q_loss": float(q_loss.detach()), "pi_loss": float(pi_loss.detach()), "alpha": float(alpha),
                 "certified_frac": float((u <= 0).float().mean()), "mask_frac": float(mask.mean())}
 
     def adversarial_step(self, s_star: torch.Tensor, h, model, coef: float = 1.0) -> float:
@@ -101,7 +101,7 @@ class ConstrainedSAC:
         for p, g in zip(self.policy.parameters(), grads):
             p.grad = g
         self.pi_opt.step()
-        return float(u.max())
+        return float(u.detach().max())
 
     def state_dict(self) -> dict:
         return {"policy": self.policy.state_dict(), "q": self.q.state_dict(),

@@ -1,0 +1,113 @@
+"""Algorithm 3 never returns an uncertified action unless it is the safeguard's; the masked SAC
+target (Eq. 11) ignores transitions whose next action is not certified."""
+
+import copy
+
+import numpy as np
+import torch
+from torch import nn
+
+from crabs.barrier import U
+from crabs.config import SACConfig
+from crabs.explore import safeguarded_action
+from crabs.nets import TanhGaussianPolicy
+from crabs.sac import ConstrainedSAC
+
+
+class BandH(nn.Module):
+    """h(s) = 1 - s0^2 : certified band |s0| <= 1."""
+
+    def forward(self, s):
+        return 1 - s[..., 0] ** 2
+
+
+class PushModel:
+    """s' = s + (a, 0): the action pushes the first coordinate; K = 2 slightly different models."""
+
+    def means(self, s, a):
+        d = torch.cat([a, torch.zeros_like(a)], -1)
+        return torch.stack([s + d, s + 1.05 * d])
+
+
+def test_algorithm3_returns_certified_or_safeguard():
+    torch.manual_seed(0)
+    policy = TanhGaussianPolicy(2, 1, (16,))
+    with torch.no_grad():
+        policy.net[-1].weight.zero_()
+        policy.net[-1].bias[0] = 2.0  # the mean pushes right, out of the band near s0 = 1
+        policy.net[-1].bias[1] = -1.0
+    h, model = BandH(), PushModel()
+    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    n_guard = n_prop = 0
+    for _ in range(400):
+        s = np.array([rng.uniform(-1, 1), rng.uniform(-1, 1)])
+        res = safeguarded_action(s, policy, h, model, n=20, gen=gen)
+        u = float(U(h, model, torch.as_tensor(s, dtype=torch.float32)[None],
+                    torch.as_tensor(res.action, dtype=torch.float32)[None])[0])
+        assert abs(u - res.U) < 1e-5
+        if res.safeguard:
+            n_guard += 1
+            mean = policy.mean_action(torch.as_tensor(s, dtype=torch.float32)).detach().numpy()
+            np.testing.assert_allclose(res.action, mean, atol=1e-6)
+        else:
+            n_prop += 1
+            assert u <= 0
+    assert n_guard > 0 and n_prop > 0  # both branches were exercised
+
+
+def test_algorithm3_takes_the_first_certified_proposal():
+    policy = TanhGaussianPolicy(2, 1, (16,))
+    h, model = BandH(), PushModel()
+    s = np.array([0.0, 0.0])
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    res = safeguarded_action(s, policy, h, model, n=100, gen=g1)
+    # replay the proposals: the chosen one is the first with U <= 0
+    st = torch.zeros(1, 2)
+    mu, log_std = policy(st)
+    c = torch.logspace(0, -3, 100)
+    props = torch.tanh(mu + c[:, None] * log_std.exp() * torch.randn(100, 1, generator=g2))
+    u = U(h, model, st.expand(100, -1), props)
+    first = int(torch.nonzero(u <= 0)[0])
+    np.testing.assert_allclose(res.action, props[first].detach().numpy(), atol=1e-6)
+
+
+def test_masked_td_target_ignores_uncertified_next_actions():
+    torch.manual_seed(0)
+    policy = TanhGaussianPolicy(2, 1, (16,))
+    sac = ConstrainedSAC(policy, SACConfig(critic_hidden=(16,)))
+    h, model = BandH(), PushModel()
+    n = 64
+    s = torch.zeros(n, 2)
+    s2 = torch.zeros(n, 2)
+    s2[n // 2:, 0] = 5.0  # next states far outside C_h: every a' has U(s', a') > 0
+    batch = {"s": s, "a": torch.zeros(n, 1), "r": torch.zeros(n), "s2": s2, "done": torch.zeros(n)}
+    other = {**batch, "r": batch["r"].clone()}
+    other["r"][n // 2:] = 1000.0  # rewards of masked transitions must not matter
+    sac2 = copy.deepcopy(sac)
+    torch.manual_seed(1)
+    info = sac.update(batch, h, model)
+    q_a = copy.deepcopy(sac.q.state_dict())
+    torch.manual_seed(1)
+    sac2.update(other, h, model)
+    q_b = sac2.q.state_dict()
+    assert info["mask_frac"] <= 0.5 + 1e-6
+    for k in q_a:
+        torch.testing.assert_close(q_a[k], q_b[k])
+
+
+def test_q_hat_penalises_uncertified_policy_actions():
+    """Eq. (10): where U(s, a) > 0 the policy sees -C - U, pushing proposals back into C_h."""
+    torch.manual_seed(0)
+    policy = TanhGaussianPolicy(2, 1, (16,))
+    sac = ConstrainedSAC(policy, SACConfig(critic_hidden=(16,), big_c=1000.0))
+    h, model = BandH(), PushModel()
+    s = torch.zeros(256, 2)
+    s[:, 0] = 0.99  # at the edge: pushing right leaves C_h
+    batch = {"s": s, "a": torch.zeros(256, 1), "r": torch.zeros(256), "s2": s.clone(),
+             "done": torch.zeros(256)}
+    before = float(policy.mean_action(s[:1])[0, 0])
+    for _ in range(30):
+        sac.update(batch, h, model)
+    after = float(policy.mean_action(s[:1])[0, 0])
+    assert after < before  # the mean action moved away from the boundary

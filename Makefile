@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 TASK   ?= upright
-OUT    ?= runs/$(TASK)
+OUT    ?= runs/$(TASK)-$(shell date +%Y%m%d-%H%M%S)
 
 .PHONY: run test lint bench clean-venv
 
@@ -18,10 +18,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: $(VENV)/.installed
-	$(VENV)/bin/crabs rollout --task $(TASK) --policy initial --episodes 20 --out $(OUT)
+	$(VENV)/bin/crabs train --task $(TASK) --out $(OUT)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+bench: $(VENV)/.installed
+	$(PY) bench/train.py --task $(TASK) --seeds 0 1 2 3
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check crabs tests bench

@@ -147,12 +147,21 @@ class CRABS:
             return {}
         if bc.init != "rollout":
             raise ValueError(f"barrier.init must be 'rollout' or 'none', got {bc.init!r}")
+        return self.fit_to_rollouts(bc.init_fit_steps, keep_current=False)
+
+    def fit_to_rollouts(self, steps: int, keep_current: bool) -> dict:
+        """Fit h to the states whose model rollouts under the current policy stay safe for every
+        ensemble member (united with the current C_h if ``keep_current``)."""
+        bc = self.cfg.barrier
         lo = torch.as_tensor(self.sys.state_low, dtype=torch.float32)
         hi = torch.as_tensor(self.sys.state_high, dtype=torch.float32)
         s = lo + (hi - lo) * torch.rand(bc.init_samples, len(lo), generator=self.tgen)
         s = torch.cat([s, self.buffer.all()["s"]])
         pos = model_safe_rollouts(self.model, self.policy, self.sys.spec, s, bc.init_rollout_steps)
-        info = fit_certificate(self.h, s, pos, bc.init_fit_steps, gen=self.tgen)
+        if keep_current:
+            with torch.no_grad():
+                pos |= self.h(s) >= 0
+        info = fit_certificate(self.h, s, pos, steps, gen=self.tgen)
         self.adv.invalidate()
         return {"init_positive": float(pos.float().mean()), **info}
 
@@ -282,17 +291,33 @@ class CRABS:
     def run_epoch(self) -> dict:
         cfg = self.cfg
         t0 = time.time()
+        timer = {}
+
+        def lap(name):
+            nonlocal t0
+            now = time.time()
+            timer[f"t_{name}"] = round(now - t0, 2)
+            t0 = now
+
+        start = t0
         row: dict = {"epoch": self.epoch + 1}
         row.update(self.collect())
+        lap("collect")
         self.dyn.train(self.buffer, cfg.dynamics.steps_per_epoch, self.rng)
+        self.adv.invalidate()
+        lap("model")
         h_prev = self.cert.snapshot()
+        if cfg.barrier.regrow:
+            self.fit_to_rollouts(cfg.barrier.regrow_fit_steps, keep_current=True)
         found, steps = self.train_certificate(cfg.barrier.max_steps, h_prev)
         if not found:  # roll back (facts sheet): the policy must then satisfy the old certificate
             self.h.load_state_dict(h_prev.state_dict())
             self.adv.invalidate()
         row.update(cert_found=found, cert_steps=steps)
+        lap("certificate")
         pi_prev = copy.deepcopy(self.sac.state_dict())
         row.update(self.optimise_policy())
+        lap("policy")
         ok, psteps = self.ensure_policy_certified(cfg.barrier.max_steps)
         if not ok:  # roll the policy back to the one h was trained for, and check it unchanged
             self.sac.load_state_dict(pi_prev)
@@ -301,11 +326,13 @@ class CRABS:
         if ok:
             self.safe_policy_state = copy.deepcopy(self.policy.state_dict())
         row.update(policy_certified=ok, policy_cert_steps=psteps)
+        lap("verify")
         if cfg.eval_every and (self.epoch + 1) % cfg.eval_every == 0:
             row.update(self.evaluate())
         row.update(certified_volume=self.certified_volume(), env_steps=self.counters.env_steps,
-                   episodes=self.counters.episodes, violations=self.counters.violations,
-                   epoch_s=round(time.time() - t0, 2))
+                   episodes=self.counters.episodes, violations=self.counters.violations)
+        lap("eval")
+        row.update(timer, epoch_s=round(time.time() - start, 2))
         self.epoch += 1
         return row
 
@@ -420,6 +447,8 @@ def train(system: str | System, config: Config | None = None, out: str | Path = 
     from crabs.runs import prepare_run_dir, write_json
     from crabs.system import builtin_system
 
+    if resume and not (Path(out) / "config.yaml").exists():
+        raise FileNotFoundError(f"{str(out)!r} holds no run to resume (no config.yaml)")
     out = prepare_run_dir(out)
     cfg_path = out / "config.yaml"
     if resume:

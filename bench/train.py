@@ -1,0 +1,53 @@
+"""End-to-end CRABS runs: train a task for several seeds (one at a time) and print violations,
+final evaluation return and wall-clock against the targets of the core issue.
+
+    python bench/train.py --task upright --seeds 0 1 2 3 [--out bench/runs] [--config FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TARGETS = {  # task: (minimum final evaluation return, wall-clock limit in minutes)
+    "upright": (-0.25, 15), "tilt": (-3.0, 15), "move": (400.0, 60), "swing": (20.0, 120),
+}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--task", required=True, choices=list(TARGETS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    p.add_argument("--out", default="bench/runs")
+    p.add_argument("--config")
+    args = p.parse_args()
+    goal, minutes = TARGETS[args.task]
+    print(f"# {args.task}: target violations 0, final return >= {goal}, wall-clock <= {minutes} min")
+    print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()}")
+    rows = []
+    for seed in args.seeds:
+        out = Path(args.out) / f"{args.task}-s{seed}-{int(time.time())}"
+        cmd = [sys.executable, "-m", "crabs.cli", "train", "--task", args.task, "--seed", str(seed),
+               "--out", str(out), "--quiet"]
+        if args.config:
+            cmd += ["--config", args.config]
+        subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL)
+        s = json.loads((out / "summary.json").read_text())
+        ok = s["violations"] == 0 and s["final_eval_return"] >= goal and s["wall_clock_s"] <= 60 * minutes
+        rows.append(ok)
+        print(f"{args.task} seed {seed}: violations {s['violations']}, final return "
+              f"{s['final_eval_return']:.4g}, wall-clock {s['wall_clock_s'] / 60:.1f} min, env steps "
+              f"{s['env_steps']}, certified volume {s['certified_volume']:.3f} -> {'PASS' if ok else 'FAIL'}",
+              flush=True)
+    print(f"# {sum(rows)}/{len(rows)} seeds meet every target; load now {os.getloadavg()}")
+    return 0 if all(rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

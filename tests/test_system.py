@@ -1,0 +1,71 @@
+"""Bringing your own system: validation of what CRABS is given, and the config's clear errors."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from crabs.config import Config, load_config
+from crabs.envs import SafetySpec
+from crabs.nets import TanhGaussianPolicy
+from crabs.system import System, builtin_system
+
+SPEC = SafetySpec(("theta", "theta_dot"), {"theta": 1.0}, (0.0, 0.0), 100)
+
+
+def make(**kw):
+    args = dict(name="mine", make_env=lambda: gym.make("crabs/Upright-v0"), spec=SPEC,
+                initial_policy=TanhGaussianPolicy(2, 1, (8,)), state_low=[-1, -5], state_high=[1, 5])
+    args.update(kw)
+    return System(**args)
+
+
+def test_valid_system():
+    s = make()
+    assert s.state_low.dtype == np.float64
+
+
+@pytest.mark.parametrize("kw,msg", [
+    ({"state_low": [-1, -5, 0]}, "shape"),
+    ({"state_low": [1, 5], "state_high": [-1, -5]}, "exceed"),
+    ({"initial_policy": TanhGaussianPolicy(3, 1, (8,))}, "3-D states"),
+    ({"state_low": [0.5, -5]}, "s0 lies outside"),
+])
+def test_invalid_system(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        make(**kw)
+
+
+def test_builtin_system_matches_task():
+    s = builtin_system("move")
+    assert s.spec.dim == 4 and s.initial_policy.hidden == (64, 64)
+    np.testing.assert_allclose(s.state_high[:2], [0.9, 0.2])
+
+
+def test_config_errors_are_clear(tmp_path):
+    with pytest.raises(ValueError, match=r"config.sac: unknown key\(s\) \['lr_pi'\]"):
+        Config.from_dict({"sac": {"lr_pi": 1}})
+    with pytest.raises(ValueError, match="expected a finite number"):
+        Config.from_dict({"sac": {"lr": float("nan")}})
+    with pytest.raises(ValueError, match="must be >= 0"):
+        Config.from_dict({"epochs": -1})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sac: [1, 2\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_config(bad, task="upright")
+    other = tmp_path / "other.yaml"
+    other.write_text("task: swing\n")
+    with pytest.raises(ValueError, match="for task 'swing', not 'upright'"):
+        load_config(other, task="upright")
+    with pytest.raises(ValueError, match="unknown task"):
+        load_config(task="pole")
+
+
+def test_paper_values_are_available():
+    from crabs.config import PAPER
+
+    cfg = Config()
+    assert cfg.dynamics.k == 5 and cfg.sac.gamma == 0.99 and cfg.explore.n == 100
+    assert cfg.barrier.reg_coef == 0.001 and cfg.mala.temperature == 0.03
+    paper = Config().replace(dynamics={"hidden": list(PAPER["dynamics.hidden"])},
+                             mala={"chains": PAPER["mala.chains"]})
+    assert paper.dynamics.hidden == (400, 400, 400, 400) and paper.mala.chains == 10000

@@ -57,6 +57,14 @@ class BarrierConfig:
                                                # the states whose model rollouts under the current
                                                # policy stay safe (paper: no such step; False)
     regrow_fit_steps: int = 500
+    regrow_offsets: tuple[float, ...] = (-0.5, -0.25, 0.0, 0.25, 0.5)
+                                               # constant action offsets tried in the rollouts: a
+                                               # state counts if one offset policy keeps it safe
+    regrow_radius: float = 0.25                # only states this close to the data (in units of the
+                                               # box's half-widths) are added: certify near the
+                                               # trajectories (Sec. 1)
+    regrow_policy_steps: int = 300             # adversarial policy steps on the grown set before
+                                               # Alg. 1 carves back what the policy cannot hold
 
 
 @dataclass
@@ -79,7 +87,7 @@ class SACConfig:
     """Constrained SAC (Sec. 4.4, App. B, Alg. 4)."""
 
     hidden: tuple[int, ...] = (64, 64)         # paper: (256, 256); release: (64, 64)
-    critic_hidden: tuple[int, ...] = (256, 256)
+    critic_hidden: tuple[int, ...] = (128, 128)  # paper: (256, 256)
     act: str = "relu"
     lr: float = 3e-4                           # paper: 3e-4
     batch: int = 256                           # paper: 256
@@ -88,7 +96,7 @@ class SACConfig:
     init_alpha: float = 0.1
     target_entropy: float | None = None        # None: -dim(A), the paper's choice
     big_c: float = 1000.0                      # release: C = 1000 in Q-hat
-    steps_per_epoch: int = 2000                # paper: 2000
+    steps_per_epoch: int = 1000                # paper: 2000
     adv_every: int = 4                         # an adversarial policy step every n SAC steps
     adv_coef: float = 1.0
 
@@ -212,7 +220,7 @@ def _validate(obj, where: str) -> None:
         v = getattr(obj, f.name)
         if isinstance(v, int) and not isinstance(v, bool) and f.name not in ("seed",) and v < 0:
             raise ValueError(f"{where}.{f.name}: must be >= 0, got {v}")
-        if isinstance(v, tuple) and any(h <= 0 for h in v):
+        if isinstance(v, tuple) and f.name.endswith("hidden") and any(h <= 0 for h in v):
             raise ValueError(f"{where}.{f.name}: layer sizes must be positive, got {list(v)}")
 
 
@@ -252,6 +260,6 @@ PAPER = {
     "dynamics.hidden": (400, 400, 400, 400), "dynamics.steps_per_epoch": 1000,
     "dynamics.init_steps": 20000, "barrier.hidden": (256, 256), "barrier.max_steps": 20000,
     "barrier.quiet_steps": 5000, "mala.chains": 10000, "mala.adapt_rate": 0.01, "sac.hidden": (256, 256),
-    "sac.critic_hidden": (256, 256), "barrier.regrow": False,
+    "sac.critic_hidden": (256, 256), "barrier.regrow": False, "sac.steps_per_epoch": 2000,
 }
 """Where the default departs from the paper (value = the paper's). See docs/config.md."""

@@ -111,14 +111,16 @@ def member_step(model: Ensemble, s: torch.Tensor, a: torch.Tensor) -> torch.Tens
 
 
 @torch.no_grad()
-def model_safe_rollouts(model: Ensemble, policy, spec, states: torch.Tensor, steps: int) -> torch.Tensor:
-    """True where every ensemble member, rolled out on its own from the state under the mean policy,
-    keeps B_safe = 0 (|z| <= 1 - margin on every constrained coordinate) for ``steps`` steps. Used
-    to initialise the certificate (the paper pre-trains one but does not say how)."""
+def model_safe_rollouts(model: Ensemble, policy, spec, states: torch.Tensor, steps: int,
+                        offset: float = 0.0) -> torch.Tensor:
+    """True where every ensemble member, rolled out on its own from the state under the mean policy
+    (plus a constant action ``offset``, clipped to [-1, 1]), keeps B_safe = 0 (|z| <= 1 - margin on
+    every constrained coordinate) for ``steps`` steps. Used to initialise and regrow the
+    certificate (the paper pre-trains one but does not say how)."""
     s = states[None].expand(model.k, -1, -1).clone()
     ok = torch.ones(len(states), dtype=torch.bool)
     for _ in range(steps):
-        s = member_step(model, s, policy.mean_action(s))
+        s = member_step(model, s, (policy.mean_action(s) + offset).clamp(-1, 1))
         ok &= (spec.B_safe_torch(s) <= 0).all(0) & torch.isfinite(s).all(-1).all(0)
         s = torch.where(torch.isfinite(s), s, torch.zeros_like(s))
     return ok

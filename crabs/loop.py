@@ -147,20 +147,30 @@ class CRABS:
             return {}
         if bc.init != "rollout":
             raise ValueError(f"barrier.init must be 'rollout' or 'none', got {bc.init!r}")
-        return self.fit_to_rollouts(bc.init_fit_steps, keep_current=False)
+        return self.fit_to_rollouts(bc.init_fit_steps, regrow=False)
 
-    def fit_to_rollouts(self, steps: int, keep_current: bool) -> dict:
+    def fit_to_rollouts(self, steps: int, regrow: bool) -> dict:
         """Fit h to the states whose model rollouts under the current policy stay safe for every
-        ensemble member (united with the current C_h if ``keep_current``)."""
+        ensemble member. With ``regrow``: united with the current C_h, rollouts also under the
+        policy plus constant action offsets, and only states near the data are added."""
         bc = self.cfg.barrier
         lo = torch.as_tensor(self.sys.state_low, dtype=torch.float32)
         hi = torch.as_tensor(self.sys.state_high, dtype=torch.float32)
+        data = self.buffer.all()["s"]
         s = lo + (hi - lo) * torch.rand(bc.init_samples, len(lo), generator=self.tgen)
-        s = torch.cat([s, self.buffer.all()["s"]])
-        pos = model_safe_rollouts(self.model, self.policy, self.sys.spec, s, bc.init_rollout_steps)
-        if keep_current:
+        s = torch.cat([s, data])
+        offsets = bc.regrow_offsets if regrow else (0.0,)
+        pos = torch.zeros(len(s), dtype=torch.bool)
+        for off in offsets:
+            pos |= model_safe_rollouts(self.model, self.policy, self.sys.spec, s, bc.init_rollout_steps, off)
+        if regrow:
+            half = (hi - lo) / 2
+            ref = data[torch.randperm(len(data), generator=self.tgen)[:2000]] / half
+            near = torch.zeros(len(s), dtype=torch.bool)
+            for chunk in torch.split(torch.arange(len(s)), 2048):
+                near[chunk] = torch.cdist(s[chunk] / half, ref).min(1).values <= bc.regrow_radius
             with torch.no_grad():
-                pos |= self.h(s) >= 0
+                pos = (pos & near) | (self.h(s) >= 0)
         info = fit_certificate(self.h, s, pos, steps, gen=self.tgen)
         self.adv.invalidate()
         return {"init_positive": float(pos.float().mean()), **info}
@@ -308,7 +318,9 @@ class CRABS:
         lap("model")
         h_prev = self.cert.snapshot()
         if cfg.barrier.regrow:
-            self.fit_to_rollouts(cfg.barrier.regrow_fit_steps, keep_current=True)
+            self.fit_to_rollouts(cfg.barrier.regrow_fit_steps, regrow=True)
+            # let the policy learn to hold the grown set before Alg. 1 carves back the rest
+            self.ensure_policy_certified(cfg.barrier.regrow_policy_steps)
         found, steps = self.train_certificate(cfg.barrier.max_steps, h_prev)
         if not found:  # roll back (facts sheet): the policy must then satisfy the old certificate
             self.h.load_state_dict(h_prev.state_dict())

@@ -118,7 +118,9 @@ class Config:
     seed: int = 0
     epochs: int = 40
     init_episodes: int = 5                     # safe start-up episodes of the initial policy
-    init_noise: float = 0.3                    # noise of those episodes (through the safeguard)
+    init_noise: float = 0.3                    # action noise of those episodes, applied only while
+    init_noise_region: float = 0.15            # every coordinate is within this fraction of the state
+                                               # box around 0; outside it the initial policy acts alone
     eval_every: int = 1                        # epochs between evaluations of the mean policy
     checkpoint_every: int = 1
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)

@@ -48,3 +48,21 @@ def test_other_shape_is_distilled_on_the_fly():
     env = make_env("upright")
     ep = run_episode(env, policy_actor(policy))
     assert policy.hidden == (16,) and not ep["violated"]
+
+
+@pytest.mark.parametrize("task", ["upright", "tilt", "move", "swing"])
+def test_startup_noise_of_the_default_configs_is_safe(task, tmp_path):
+    """Start-up episodes (before any certificate exists) use the initial policy with noise inside a
+    small region; with each task's default config this stays safe over many episodes."""
+    from crabs.config import load_config
+    from crabs.loop import CRABS
+    from crabs.system import builtin_system
+
+    cfg = load_config(task=task)
+    crabs = CRABS(builtin_system(task), cfg, tmp_path)
+    env = crabs._env("startup")
+    n = 30 if task in ("upright", "tilt") else 12
+    for _ in range(n):
+        crabs._episode(env, crabs.startup_action, add=False)
+    env.close()
+    assert crabs.counters.episodes == n and crabs.counters.violations == 0

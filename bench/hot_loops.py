@@ -73,7 +73,8 @@ def main() -> None:
           f"{timeit(lambda: c.cert.step(c.model, c.policy, w, h_prev, x[:400])):.2f} ms")
     print(f"constrained SAC update, batch {cfg.sac.batch}: "
           f"{timeit(lambda: c.sac.update(c.buffer.sample(cfg.sac.batch, rng), c.h, c.model)):.2f} ms")
-    print(f"adversarial policy step, 256 states: {timeit(lambda: c.sac.adversarial_step(w, c.h, c.model)):.2f} ms")
+    adv_ms = timeit(lambda: c.sac.adversarial_step(w, c.h, c.model))
+    print(f"adversarial policy step, 256 states: {adv_ms:.2f} ms")
     print(f"dynamics training step, batch {cfg.dynamics.batch} x K: "
           f"{timeit(lambda: c.dyn.train(c.buffer, 1, rng)):.2f} ms")
 

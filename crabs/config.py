@@ -63,6 +63,7 @@ class BarrierConfig:
     regrow_radius: float = 0.25                # only states this close to the data (in units of the
                                                # box's half-widths) are added: certify near the
                                                # trajectories (Sec. 1)
+    regrow_samples: int = 4096                 # candidate states drawn near the data per regrowth
     regrow_policy_steps: int = 300             # adversarial policy steps on the grown set before
                                                # Alg. 1 carves back what the policy cannot hold
 

@@ -117,10 +117,14 @@ def model_safe_rollouts(model: Ensemble, policy, spec, states: torch.Tensor, ste
     (plus a constant action ``offset``, clipped to [-1, 1]), keeps B_safe = 0 (|z| <= 1 - margin on
     every constrained coordinate) for ``steps`` steps. Used to initialise and regrow the
     certificate (the paper pre-trains one but does not say how)."""
+    ok = torch.zeros(len(states), dtype=torch.bool)
+    alive = torch.arange(len(states))
     s = states[None].expand(model.k, -1, -1).clone()
-    ok = torch.ones(len(states), dtype=torch.bool)
     for _ in range(steps):
         s = member_step(model, s, (policy.mean_action(s) + offset).clamp(-1, 1))
-        ok &= (spec.B_safe_torch(s) <= 0).all(0) & torch.isfinite(s).all(-1).all(0)
-        s = torch.where(torch.isfinite(s), s, torch.zeros_like(s))
+        keep = (spec.B_safe_torch(s) <= 0).all(0) & torch.isfinite(s).all(-1).all(0)
+        alive, s = alive[keep], s[:, keep]  # drop the states that already failed
+        if len(alive) == 0:
+            return ok
+    ok[alive] = True
     return ok

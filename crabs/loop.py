@@ -156,26 +156,41 @@ class CRABS:
 
     def fit_to_rollouts(self, steps: int, regrow: bool) -> dict:
         """Fit h to the states whose model rollouts under the current policy stay safe for every
-        ensemble member. With ``regrow``: united with the current C_h, rollouts also under the
-        policy plus constant action offsets, and only states near the data are added."""
+        ensemble member (states drawn uniformly from the box, plus the data).
+
+        With ``regrow``: the target set is the current C_h united with the states near the data
+        (within ``regrow_radius`` box half-widths) whose rollouts under the policy plus one of the
+        constant action offsets stay safe; only those near-data candidates outside C_h are rolled
+        out (uniform states keep their current label), which keeps the step cheap."""
         bc = self.cfg.barrier
         lo = torch.as_tensor(self.sys.state_low, dtype=torch.float32)
         hi = torch.as_tensor(self.sys.state_high, dtype=torch.float32)
+        half = (hi - lo) / 2
         data = self.buffer.all()["s"]
         s = lo + (hi - lo) * torch.rand(bc.init_samples, len(lo), generator=self.tgen)
-        s = torch.cat([s, data])
-        offsets = bc.regrow_offsets if regrow else (0.0,)
-        pos = torch.zeros(len(s), dtype=torch.bool)
-        for off in offsets:
-            pos |= model_safe_rollouts(self.model, self.policy, self.sys.spec, s, bc.init_rollout_steps, off)
-        if regrow:
-            half = (hi - lo) / 2
-            ref = data[torch.randperm(len(data), generator=self.tgen)[:2000]] / half
-            near = torch.zeros(len(s), dtype=torch.bool)
-            for chunk in torch.split(torch.arange(len(s)), 2048):
-                near[chunk] = torch.cdist(s[chunk] / half, ref).min(1).values <= bc.regrow_radius
+        if not regrow:
+            s = torch.cat([s, data])
+            pos = model_safe_rollouts(self.model, self.policy, self.sys.spec, s, bc.init_rollout_steps)
+        else:
+            # candidates near the data: data points moved by up to regrow_radius half-widths
+            idx = torch.randint(len(data), (bc.regrow_samples,), generator=self.tgen)
+            step = (2 * torch.rand(bc.regrow_samples, len(lo), generator=self.tgen) - 1) * half
+            near = data[idx] + bc.regrow_radius * step
+            near = near[((near >= lo) & (near <= hi)).all(-1)]
+            s = torch.cat([s, data, near])
             with torch.no_grad():
-                pos = (pos & near) | (self.h(s) >= 0)
+                pos = self.h(s) >= 0
+            cand = torch.cat([torch.zeros(len(s) - len(near), dtype=torch.bool),
+                              torch.ones(len(near), dtype=torch.bool)]) & ~pos
+            todo = s[cand]
+            grown = torch.zeros(len(todo), dtype=torch.bool)
+            for off in bc.regrow_offsets:
+                rest = ~grown
+                if not rest.any():
+                    break
+                grown[rest] = model_safe_rollouts(self.model, self.policy, self.sys.spec, todo[rest],
+                                                  bc.init_rollout_steps, off)
+            pos[cand] = grown
         info = fit_certificate(self.h, s, pos, steps, gen=self.tgen)
         self.adv.invalidate()
         return {"init_positive": float(pos.float().mean()), **info}

@@ -106,8 +106,8 @@ def test_q_hat_penalises_uncertified_policy_actions():
     s[:, 0] = 0.99  # at the edge: pushing right leaves C_h
     batch = {"s": s, "a": torch.zeros(256, 1), "r": torch.zeros(256), "s2": s.clone(),
              "done": torch.zeros(256)}
-    before = float(policy.mean_action(s[:1])[0, 0])
+    before = float(policy.mean_action(s[:1]).detach()[0, 0])
     for _ in range(30):
         sac.update(batch, h, model)
-    after = float(policy.mean_action(s[:1])[0, 0])
+    after = float(policy.mean_action(s[:1]).detach()[0, 0])
     assert after < before  # the mean action moved away from the boundary

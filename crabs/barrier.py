@@ -31,15 +31,32 @@ from crabs.nets import mlp
 
 
 class Barrier(nn.Module):
-    """h(s) = 1 - softplus(f(s) - f(s0)) - B_safe(s); f sees states scaled by ``scale`` (the safe
-    box's half-widths), so its input is O(1) whatever the units."""
+    """h(s) = 1 - softplus(f(s) - f(s0)) - B_safe(s) [- B_box(s)]; f sees states scaled by ``scale``
+    (the state box's half-widths), so its input is O(1) whatever the units.
 
-    def __init__(self, spec: SafetySpec, cfg: BarrierConfig, scale: torch.Tensor):
+    With ``cfg.box_barrier`` (a departure; the paper has no such term) and a state box ``low`` /
+    ``high``, B_box(s) = max_i w((s_i - c_i) / r_i), the B_safe of App. C.1 (with its margin)
+    applied to the box, keeps C_h inside the box where the adversary searches: otherwise
+    unconstrained coordinates (the cart-pole's speeds) could be certified beyond it, where no
+    adversary ever looks."""
+
+    def __init__(self, spec: SafetySpec, cfg: BarrierConfig, scale: torch.Tensor,
+                 low=None, high=None):
         super().__init__()
         self.spec = spec
         self.f = mlp(spec.dim, cfg.hidden, 1, cfg.act)
         self.register_buffer("s0", torch.as_tensor(spec.s0, dtype=torch.float32))
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
+        self.box = bool(cfg.box_barrier and low is not None and high is not None)
+        if self.box:
+            low = torch.as_tensor(low, dtype=torch.float32)
+            high = torch.as_tensor(high, dtype=torch.float32)
+            self.register_buffer("box_center", (high + low) / 2)
+            self.register_buffer("box_radius", (high - low) / 2)
+
+    def B_box(self, s: torch.Tensor) -> torch.Tensor:
+        z = ((s - self.box_center) / self.box_radius).abs()
+        return torch.relu(100.0 * (z - 1.0 + self.spec.margin)).amax(dim=-1)  # > 1 outside: h < 0
 
     def f_rel(self, s: torch.Tensor) -> torch.Tensor:
         both = torch.cat([s.reshape(-1, s.shape[-1]), self.s0[None]], 0) / self.scale
@@ -47,7 +64,8 @@ class Barrier(nn.Module):
         return (out[:-1] - out[-1]).reshape(s.shape[:-1])
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
-        return 1.0 - F.softplus(self.f_rel(s)) - self.spec.B_safe_torch(s)
+        h = 1.0 - F.softplus(self.f_rel(s)) - self.spec.B_safe_torch(s)
+        return h - self.B_box(s) if self.box else h
 
 
 def U(h: Barrier, model, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:

@@ -64,7 +64,8 @@ def cmd_train(args) -> int:
     from crabs.loop import train
 
     if args.resume:
-        result = train(args.task or "upright", None, args.resume, resume=True, progress=not args.quiet)
+        result = train(args.task, None, args.resume, resume=True, progress=not args.quiet,
+                       epochs=args.epochs)
     else:
         if args.task is None or args.out is None:
             raise ValueError("--task and --out are required (or --resume DIR)")

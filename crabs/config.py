@@ -53,6 +53,9 @@ class BarrierConfig:
     init_rollout_steps: int = 100
     init_fit_steps: int = 1500
     max_batch: int = 256                       # adversarial states per update (random subset of W)
+    box_barrier: bool = True                   # h also subtracts B_safe's w() of the state box, so
+                                               # C_h never leaves the box the adversary searches
+                                               # (paper: no such term; False)
     regrow: bool = True                        # each epoch, before Alg. 1, refit h to C_h united with
                                                # the states whose model rollouts under the current
                                                # policy stay safe (paper: no such step; False)
@@ -263,6 +266,7 @@ PAPER = {
     "dynamics.hidden": (400, 400, 400, 400), "dynamics.steps_per_epoch": 1000,
     "dynamics.init_steps": 20000, "barrier.hidden": (256, 256), "barrier.max_steps": 20000,
     "barrier.quiet_steps": 5000, "mala.chains": 10000, "mala.adapt_rate": 0.01, "sac.hidden": (256, 256),
-    "sac.critic_hidden": (256, 256), "barrier.regrow": False, "sac.steps_per_epoch": 2000,
+    "sac.critic_hidden": (256, 256), "barrier.regrow": False, "barrier.box_barrier": False,
+    "sac.steps_per_epoch": 2000,
 }
 """Where the default departs from the paper (value = the paper's). See docs/config.md."""

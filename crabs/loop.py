@@ -27,13 +27,13 @@ from crabs.barrier import Barrier, CertificateTrainer, U, fit_certificate
 from crabs.buffer import ReplayBuffer
 from crabs.config import Config
 from crabs.dynamics import DynamicsTrainer, Ensemble, model_safe_rollouts, prediction_error
-from crabs.envs import MonitorCounters, SafetyMonitor, read_ledger
+from crabs.envs import MonitorCounters, SafetyMonitor, ledger_totals, read_ledger
 from crabs.explore import safeguarded_action
 from crabs.mala import Adversary
 from crabs.sac import ConstrainedSAC
 from crabs.system import System
 
-CKPT_VERSION = 1
+CKPT_VERSION = 2
 
 
 @dataclass
@@ -58,7 +58,7 @@ class CRABS:
         self.model = Ensemble(obs_dim, act_dim, cfg.dynamics)
         self.dyn = DynamicsTrainer(self.model, cfg.dynamics)
         scale = torch.as_tensor((system.state_high - system.state_low) / 2, dtype=torch.float32)
-        self.h = Barrier(spec, cfg.barrier, scale)
+        self.h = Barrier(spec, cfg.barrier, scale, system.state_low, system.state_high)
         self.cert = CertificateTrainer(self.h, cfg.barrier)
         self.sac = ConstrainedSAC(self.policy, cfg.sac)
         self.adv = Adversary(system.state_low, system.state_high, cfg.mala, seed=cfg.seed + 2)
@@ -70,6 +70,7 @@ class CRABS:
         # the last policy that was certified (initially the given safe policy): what acts whenever
         # the current (policy, certificate, model) triple could not be certified
         self.safe_policy_state = copy.deepcopy(self.policy.state_dict())
+        self._safe_policy = None  # a policy network holding safe_policy_state, built on demand
         self._rows_at_start = 0
 
     # -- environment ------------------------------------------------------------------------
@@ -99,11 +100,15 @@ class CRABS:
         return {"return": ret, "length": n, "safeguard": n_guard, "model_failures": fails,
                 "states": np.asarray(states)}
 
+    def set_safe_policy(self, state: dict) -> None:
+        """Record the last certified policy (what acts whenever the triple is not certified)."""
+        self.safe_policy_state = copy.deepcopy(state)
+        self._safe_policy = None
+
     def _safe_act(self, s):
-        if not hasattr(self, "_safe_policy") or self._safe_policy_version != id(self.safe_policy_state):
+        if self._safe_policy is None:
             self._safe_policy = copy.deepcopy(self.policy)
             self._safe_policy.load_state_dict(self.safe_policy_state)
-            self._safe_policy_version = id(self.safe_policy_state)
         with torch.no_grad():
             a = self._safe_policy.mean_action(torch.as_tensor(s, dtype=torch.float32))
         return a.double().numpy()
@@ -243,14 +248,16 @@ class CRABS:
             self.adv.invalidate()
         return False, max_steps
 
-    def check_certified(self, steps: int) -> bool:
-        """A fresh adversary, no updates: True if it finds no violating state in ``steps`` steps."""
+    def check_certified(self, steps: int, windows: int = 2) -> bool:
+        """Fresh adversaries, no updates: True if none of ``windows`` freshly drawn pools finds a
+        violating state in ``steps`` steps (the same test Alg. 1 stops on)."""
         eps = self.cfg.barrier.eps
-        self.adv.reset(self.h, self.model, self.policy)
-        for _ in range(steps):
-            self.adv.step(self.h, self.model, self.policy)
-            if len(self.adv.violators(eps)):
-                return False
+        for _ in range(windows):
+            self.adv.reset(self.h, self.model, self.policy)
+            for _ in range(steps):
+                self.adv.step(self.h, self.model, self.policy)
+                if len(self.adv.violators(eps)):
+                    return False
         return True
 
     # -- one epoch of Algorithm 2 -------------------------------------------------------------
@@ -337,6 +344,7 @@ class CRABS:
         self.adv.invalidate()
         lap("model")
         h_prev = self.cert.snapshot()
+        pi_start = copy.deepcopy(self.sac.state_dict())  # the policy h_prev was certified for
         if cfg.barrier.regrow:
             self.fit_to_rollouts(cfg.barrier.regrow_fit_steps, regrow=True)
             # let the policy learn to hold the grown set before Alg. 1 carves back the rest
@@ -347,16 +355,18 @@ class CRABS:
             self.adv.invalidate()
         row.update(cert_found=found, cert_steps=steps)
         lap("certificate")
-        pi_prev = copy.deepcopy(self.sac.state_dict())
+        # the policy the certificate now in force was trained (or, after a rollback, certified) for
+        pi_prev = copy.deepcopy(self.sac.state_dict()) if found else pi_start
         row.update(self.optimise_policy())
         lap("policy")
         ok, psteps = self.ensure_policy_certified(cfg.barrier.max_steps)
-        if not ok:  # roll the policy back to the one h was trained for, and check it unchanged
-            self.sac.load_state_dict(pi_prev)
-            ok = found and self.check_certified(cfg.barrier.quiet_steps)
+        if not ok:  # roll the policy back to the one h was trained for, and check it with the
+            self.sac.load_state_dict(pi_prev)  # current model
+            self.adv.invalidate()
+            ok = self.check_certified(cfg.barrier.quiet_steps)
         self.certified = ok
         if ok:
-            self.safe_policy_state = copy.deepcopy(self.policy.state_dict())
+            self.set_safe_policy(self.policy.state_dict())
         row.update(policy_certified=ok, policy_cert_steps=psteps)
         lap("verify")
         if cfg.eval_every and (self.epoch + 1) % cfg.eval_every == 0:
@@ -390,7 +400,7 @@ class CRABS:
         if d["system"] != self.sys.name:
             raise ValueError(f"checkpoint is from task {d['system']!r}, not {self.sys.name!r}")
         self.epoch, self.certified = d["epoch"], d["certified"]
-        self.safe_policy_state = d["safe_policy"]
+        self.set_safe_policy(d["safe_policy"])
         self.counters = MonitorCounters(**d["counters"])
         self.dyn.load_state_dict(d["model"])
         self.cert.load_state_dict(d["barrier"])
@@ -425,12 +435,15 @@ class CRABS:
         self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         # real steps taken after the checkpoint (before the interruption) still count: the ledger
         # holds every finished episode with the running totals
-        recs = [r for r in read_ledger(self.dir / "ledger.jsonl") if r.get("event") == "episode"]
-        if recs:
-            last = recs[-1]
-            self.counters.env_steps = max(self.counters.env_steps, int(last["env_steps"]))
-            self.counters.episodes = max(self.counters.episodes, int(last["episode"]))
-            self.counters.violations = max(self.counters.violations, int(last["violations"]))
+        self.recount_from_ledger()
+
+    def recount_from_ledger(self) -> None:
+        """Continue the counters from the largest totals the ledger records (every step taken
+        before an interruption counts, checkpointed or not)."""
+        led = ledger_totals(read_ledger(self.dir / "ledger.jsonl"))
+        self.counters.env_steps = max(self.counters.env_steps, led.env_steps)
+        self.counters.episodes = max(self.counters.episodes, led.episodes)
+        self.counters.violations = max(self.counters.violations, led.violations)
 
     # -- the whole run ----------------------------------------------------------------------
     def prior_wall_clock(self) -> float:
@@ -467,11 +480,13 @@ class CRABS:
 
 
 # -- the public entry point -------------------------------------------------------------------
-def train(system: str | System, config: Config | None = None, out: str | Path = "runs/crabs",
-          resume: bool = False, progress: bool = True) -> dict:
+def train(system: str | System | None, config: Config | None = None, out: str | Path = "runs/crabs",
+          resume: bool = False, progress: bool = True, epochs: int | None = None) -> dict:
     """Run CRABS (Algorithm 2) on a built-in task name or a :class:`System`, writing the run folder
     ``out`` (config, ledger, metrics, checkpoints, summary.json, plots). With ``resume=True`` the
-    run continues from ``out``'s last checkpoint with ``out``'s own config and counters."""
+    run continues from ``out``'s last checkpoint with ``out``'s own config and counters (``system``
+    may then be None for a built-in task, and ``epochs`` raises the run's epoch budget); a run
+    that died during start-up starts up again, its earlier steps and violations still counted."""
     import yaml
     from tqdm.auto import tqdm
 
@@ -487,23 +502,35 @@ def train(system: str | System, config: Config | None = None, out: str | Path = 
         if not cfg_path.exists():
             raise FileNotFoundError(f"{str(out)!r} holds no run to resume (no config.yaml)")
         cfg = Config.from_dict(yaml.safe_load(cfg_path.read_text()))
+        if system is None:
+            system = cfg.task
+        name = system if isinstance(system, str) else system.name
+        if name != cfg.task:
+            raise ValueError(f"{str(out)!r} holds a run of task {cfg.task!r}, not {name!r}")
+        if epochs is not None:
+            cfg = cfg.replace(epochs=epochs)
+            cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     else:
+        if system is None:
+            raise ValueError("a task or System is required for a new run")
         if (out / "ledger.jsonl").exists() or (out / "checkpoints").exists():
             raise ValueError(f"{str(out)!r} already holds a run: pass resume or choose another folder")
         if config is None:
             config = load_config(task=system if isinstance(system, str) else None)
         cfg = config
-        if isinstance(system, str) and cfg.task != system:
-            cfg = cfg.replace(task=system)
+        name = system if isinstance(system, str) else system.name
+        if cfg.task != name:
+            cfg = cfg.replace(task=name)
         cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if isinstance(system, str):
         system = builtin_system(system, cfg.sac.hidden, cfg.sac.act)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     crabs = CRABS(system, cfg, out, progress)
     started = time.time()
-    if resume:
+    if resume and (out / "checkpoints" / "last.pt").exists():
         crabs.resume()
     else:
+        if resume:  # died during start-up: start up again, continuing the ledger's counts
+            crabs.recount_from_ledger()
         info = crabs.startup()
         row = {"epoch": 0, **info, **crabs.evaluate(), "env_steps": crabs.counters.env_steps,
                "episodes": crabs.counters.episodes, "violations": crabs.counters.violations,

@@ -164,8 +164,7 @@ class Adversary:
         if self.state is None:
             self.reset(h, model, policy)
         elif self.stale:
-            if not bool(self.state.inside.all()):
-                self.project(h)
+            self.project(h)  # under the new h: chains it no longer certifies are pulled back in
             tau = self.state.tau
             self.state = mala_init(self.state.x, fn, 1.0)
             self.state.tau = tau

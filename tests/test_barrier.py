@@ -29,6 +29,29 @@ def test_R1_R2_hold_for_any_weights():
             assert (h(s)[unsafe] < 0).all()                                     # R.2
 
 
+def test_box_barrier_keeps_C_h_inside_the_state_box():
+    """Swing's speeds are not safety constraints; with box_barrier h < 0 beyond the state box in
+    them too (where no adversary searches), and h(s0) is unchanged; the paper's h (False) does not."""
+    t = get_task("swing")
+    low, high = t.box()
+    s = torch.zeros(4000, 4)
+    s[:, 2] = torch.linspace(-3, 3, 4000) * float(high[2])  # x_dot far beyond the box
+    s[:, 3] = 0.0
+    beyond = s[:, 2].abs() > float(high[2])
+    inside = s[:, 2].abs() < 0.99 * float(high[2])  # B_box, like B_safe, keeps a 1% margin
+    for box in (True, False):
+        torch.manual_seed(0)
+        h = Barrier(t.spec, BarrierConfig(hidden=(32, 32), box_barrier=box),
+                    torch.as_tensor((high - low) / 2), low, high)
+        with torch.no_grad():
+            nn.init.zeros_(h.f[-1].weight)  # f constant: C_h is everything B_safe allows
+            nn.init.zeros_(h.f[-1].bias)
+            hv = h(s)
+            assert float(h(h.s0[None])[0]) == pytest_approx(1 - math.log(2))
+        assert bool((hv[inside] > 0).all())
+        assert bool((hv[beyond] < 0).all()) == box
+
+
 def pytest_approx(x):
     import pytest
     return pytest.approx(x, abs=1e-4)

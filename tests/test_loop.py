@@ -77,7 +77,7 @@ def test_resume_after_interruption_continues_counters(tmp_path, monkeypatch):
         train("upright", cfg, tmp_path, progress=False)
     before = [r for r in read_ledger(tmp_path / "ledger.jsonl") if r["event"] == "episode"]
     monkeypatch.setattr(CRABS, "optimise_policy", real)
-    summary = train("upright", None, tmp_path, resume=True, progress=False)
+    summary = train(None, None, tmp_path, resume=True, progress=False)  # task from the run's config
     eps = [r for r in read_ledger(tmp_path / "ledger.jsonl") if r["event"] == "episode"]
     assert len(eps) > len(before)
     # the steps of the interrupted epoch were not forgotten: counters continue past them
@@ -85,3 +85,45 @@ def test_resume_after_interruption_continues_counters(tmp_path, monkeypatch):
     assert summary["env_steps"] == sum(r["length"] for r in eps)
     assert summary["episodes"] == len(eps) and summary["epochs"] == 2
     assert summary["violations"] == 0
+
+
+def test_crash_during_startup_resumes_with_its_steps_counted(tmp_path, monkeypatch):
+    """No checkpoint exists yet: resume starts up again and the dead start-up's steps still count."""
+    cfg = Config.from_dict({**TINY, "epochs": 1})
+    real = CRABS.init_certificate
+
+    def dies(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(CRABS, "init_certificate", dies)
+    with pytest.raises(KeyboardInterrupt):
+        train("upright", cfg, tmp_path, progress=False)
+    first = [r for r in read_ledger(tmp_path / "ledger.jsonl") if r["event"] == "episode"]
+    assert len(first) == TINY["init_episodes"]
+    monkeypatch.setattr(CRABS, "init_certificate", real)
+    summary = train(None, None, tmp_path, resume=True, progress=False)
+    eps = [r for r in read_ledger(tmp_path / "ledger.jsonl") if r["event"] == "episode"]
+    assert [r["episode"] for r in eps] == list(range(1, len(eps) + 1))
+    assert summary["env_steps"] == sum(r["length"] for r in eps) > sum(r["length"] for r in first)
+
+
+def test_resume_refuses_another_task(tiny_run):
+    out, _ = tiny_run
+    with pytest.raises(ValueError, match="holds a run of task 'upright', not 'tilt'"):
+        train("tilt", None, out, resume=True, progress=False)
+
+
+def test_fallback_policy_follows_the_last_certified_policy(tmp_path):
+    from crabs.system import builtin_system
+
+    c = CRABS(builtin_system("upright"), Config.from_dict(TINY), tmp_path, progress=False)
+    s = [0.3, -0.9]
+    a0 = c._safe_act(s)
+    new = {k: v + 0.5 for k, v in c.policy.state_dict().items()}
+    c.set_safe_policy(new)
+    a1 = c._safe_act(s)
+    assert not torch.allclose(torch.as_tensor(a0), torch.as_tensor(a1))
+    ref = c._safe_policy.mean_action(torch.tensor(s)).detach().double().numpy()
+    c.policy.load_state_dict(new)
+    torch.testing.assert_close(torch.as_tensor(a1), torch.as_tensor(c._mean_act(s)))
+    torch.testing.assert_close(torch.as_tensor(a1), torch.as_tensor(ref))

@@ -4,7 +4,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from crabs.envs import MonitorCounters, SafetyMonitor, get_task, make_env, read_ledger
+from crabs.envs import MonitorCounters, SafetyMonitor, get_task, ledger_totals, make_env, read_ledger
 
 
 def test_counts_and_ledger(tmp_path):
@@ -93,3 +93,36 @@ def test_torn_last_line_is_skipped(tmp_path):
     p = tmp_path / "l.jsonl"
     p.write_text('{"event": "episode"}\n{"event": "viol')
     assert read_ledger(p) == [{"event": "episode"}]
+
+
+def test_hard_kill_mid_episode_loses_at_most_a_heartbeat(tmp_path):
+    """The process dies mid-episode (no close, no episode record): the ledger's progress records
+    still give the steps to within ``heartbeat`` and count the unfinished episode."""
+    ledger = tmp_path / "ledger.jsonl"
+    import torch
+
+    from crabs.initial import initial_policy
+
+    pi = initial_policy("upright")
+
+    def act(s):
+        with torch.no_grad():
+            return pi.mean_action(torch.as_tensor(s, dtype=torch.float32)).double().numpy()
+
+    env = SafetyMonitor(gym.make("crabs/Upright-v0"), ledger=ledger, heartbeat=50)
+    s, _ = env.reset()
+    for _ in range(200):  # one full episode (horizon 200)
+        s, *_ = env.step(act(s))
+    s, _ = env.reset()
+    for _ in range(120):  # then killed after 120 steps of the second
+        s, *_ = env.step(act(s))
+    tot = ledger_totals(read_ledger(ledger))
+    assert tot.episodes == 2 and tot.violations == 0
+    assert 120 - 50 < tot.env_steps - 200 <= 120
+    env._ledger.close()
+
+
+def test_ledger_totals_count_a_violation_of_an_unfinished_episode():
+    recs = [{"event": "episode", "episode": 1, "env_steps": 10, "violations": 0},
+            {"event": "violation", "violation": 1, "episode": 2, "env_steps": 13}]
+    assert ledger_totals(recs) == MonitorCounters(env_steps=13, episodes=2, violations=1)

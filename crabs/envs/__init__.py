@@ -13,11 +13,11 @@ import gymnasium as gym
 import numpy as np
 
 from crabs.envs import cartpole, pendulum
-from crabs.envs.monitor import MonitorCounters, SafetyMonitor, read_ledger
+from crabs.envs.monitor import MonitorCounters, SafetyMonitor, ledger_totals, read_ledger
 from crabs.envs.spec import SafetySpec
 
 __all__ = ["TASKS", "Task", "get_task", "make_env", "SafetySpec", "SafetyMonitor",
-           "MonitorCounters", "read_ledger"]
+           "MonitorCounters", "ledger_totals", "read_ledger"]
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,13 @@
 
 It counts environment steps, episodes and violations, and appends every violation and every
 episode's summary to an append-only JSON-lines ledger, flushed and fsync'ed as written, so a crash
-loses nothing that was recorded. A violation is a step whose next state lies outside the safe set
-(checked here against the task's :class:`SafetySpec`, not taken on trust from the environment), or
-whose ``info["cost"]`` is positive, or whose state is not finite.
+loses nothing that was recorded. Within long episodes it also writes a progress record every
+``heartbeat`` steps, so that after a hard kill mid-episode :func:`ledger_totals` still recovers the
+step count to within ``heartbeat`` steps (and every violation exactly, each being written at once).
+
+A violation is a step whose next state lies outside the safe set (checked here against the task's
+:class:`SafetySpec`, not taken on trust from the environment), or whose ``info["cost"]`` is
+positive, or whose state is not finite.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import numpy as np
 
 from crabs.envs.spec import SafetySpec
 
-__all__ = ["MonitorCounters", "SafetyMonitor", "read_ledger"]
+__all__ = ["MonitorCounters", "SafetyMonitor", "ledger_totals", "read_ledger"]
 
 
 @dataclass
@@ -42,11 +46,12 @@ class SafetyMonitor(gym.Wrapper):
         ledger: path of the JSON-lines ledger (appended to, never truncated); None keeps counts only.
         counters: counters to continue from (resume); a fresh run starts at zero.
         tag: free-form label written with every ledger record (e.g. "train", "eval").
+        heartbeat: steps between progress records within an episode (0: none).
     """
 
     def __init__(self, env: gym.Env, spec: SafetySpec | None = None,
                  ledger: str | os.PathLike | None = None,
-                 counters: MonitorCounters | None = None, tag: str = ""):
+                 counters: MonitorCounters | None = None, tag: str = "", heartbeat: int = 100):
         super().__init__(env)
         spec = spec if spec is not None else getattr(env.unwrapped, "spec_safety", None)
         if not isinstance(spec, SafetySpec):
@@ -54,6 +59,7 @@ class SafetyMonitor(gym.Wrapper):
         self.safety_spec = spec
         self.counters = counters if counters is not None else MonitorCounters()
         self.tag = tag
+        self.heartbeat = int(heartbeat)
         self._ledger = None
         if ledger is not None:
             path = Path(ledger)
@@ -114,11 +120,16 @@ class SafetyMonitor(gym.Wrapper):
             self.counters.violations += 1
             self._ep_violated = True
             self._write({"event": "violation", "violation": self.counters.violations,
+                         "episode": self.counters.episodes + 1,
                          "env_steps": self.counters.env_steps, "episode_step": self._ep_len,
                          "state": self._state.tolist(), "action": action.reshape(-1).tolist(),
                          "next_state": obs.tolist()})
             terminated = True  # a violation always ends the episode
         self._state = obs
+        if self.heartbeat and self._ep_len % self.heartbeat == 0 and not (terminated or truncated):
+            self._write({"event": "progress", "episode": self.counters.episodes + 1,
+                         "episode_step": self._ep_len, "env_steps": self.counters.env_steps,
+                         "violations": self.counters.violations})
         if terminated or truncated:
             self._end_episode("violation" if violated else
                               ("terminated" if terminated else "horizon"))
@@ -145,3 +156,19 @@ def read_ledger(path: str | os.PathLike) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return out
+
+
+def ledger_totals(records: list[dict]) -> MonitorCounters:
+    """Counters implied by a ledger: the largest running totals any record carries. An episode
+    that was under way when the process died (a progress record, no episode record) counts."""
+    c = MonitorCounters()
+    for r in records:
+        if "env_steps" in r:
+            c.env_steps = max(c.env_steps, int(r["env_steps"]))
+        if "violations" in r:
+            c.violations = max(c.violations, int(r["violations"]))
+        if "violation" in r:
+            c.violations = max(c.violations, int(r["violation"]))
+        if r.get("event") in ("episode", "progress", "violation"):
+            c.episodes = max(c.episodes, int(r["episode"]))
+    return c

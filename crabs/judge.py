@@ -1,0 +1,55 @@
+"""Judging a learned certificate against ground truth (Definition 1 of the paper).
+
+For the 2-D pendulum tasks the oracle decides exactly whether a state is viable (some admissible
+torque keeps |theta| <= 1.5 forever). A sound certificate certifies only viable states; how much of
+the viability kernel it covers says how much room the policy had.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from crabs.barrier import Barrier
+from crabs.config import Config
+from crabs.envs import get_task
+
+
+def load_barrier(run_dir: str | Path) -> tuple[Barrier, Config]:
+    """The certificate of a run folder's last checkpoint (weights only)."""
+    run = Path(run_dir)
+    cfg = Config.from_dict(yaml.safe_load((run / "config.yaml").read_text()))
+    t = get_task(cfg.task)
+    low, high = t.box()
+    h = Barrier(t.spec, cfg.barrier, torch.as_tensor((high - low) / 2), low, high)
+    blob = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    if blob.get("system") != cfg.task:
+        raise ValueError(f"checkpoint is from task {blob.get('system')!r}, not {cfg.task!r}")
+    h.load_state_dict(blob["barrier"]["h"])
+    return h.eval(), cfg
+
+
+@torch.no_grad()
+def judge_certificate(h: Barrier, n_theta: int = 301, n_theta_dot: int = 321) -> dict:
+    """Fractions of the state box |theta| <= 1.5, |theta_dot| <= 8 (a regular grid) that are
+    certified, viable, and certified but not viable (must be 0 for a sound certificate)."""
+    from crabs.oracle import is_viable
+
+    th, thd = np.meshgrid(np.linspace(-1.5, 1.5, n_theta), np.linspace(-8, 8, n_theta_dot), indexing="ij")
+    s = np.stack([th.ravel(), thd.ravel()], -1)
+    cert = (h(torch.as_tensor(s, dtype=torch.float32)) >= 0).numpy()
+    viable = is_viable(s)
+    bad = cert & ~viable
+    return {"certified": float(cert.mean()), "viable": float(viable.mean()),
+            "certified_not_viable": float(bad.mean()), "certified_not_viable_states": int(bad.sum()),
+            "kernel_covered": float((cert & viable).sum() / max(viable.sum(), 1))}
+
+
+def judge_run(run_dir: str | Path) -> dict:
+    h, cfg = load_barrier(run_dir)
+    if cfg.task not in ("upright", "tilt"):
+        raise ValueError(f"ground truth exists only for the 2-D pendulum tasks, not {cfg.task!r}")
+    return {"task": cfg.task, **judge_certificate(h)}

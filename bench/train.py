@@ -45,6 +45,13 @@ def main() -> int:
               f"{s['final_eval_return']:.4g}, wall-clock {s['wall_clock_s'] / 60:.1f} min, env steps "
               f"{s['env_steps']}, certified volume {s['certified_volume']:.3f} -> {'PASS' if ok else 'FAIL'}",
               flush=True)
+        if args.task in ("upright", "tilt"):  # is every certified state truly viable?
+            from crabs.judge import judge_run
+
+            j = judge_run(out)
+            print(f"  certificate vs oracle: certified {j['certified']:.3f} of the box, kernel "
+                  f"{j['viable']:.3f}, certified but not viable {j['certified_not_viable_states']} "
+                  f"grid states, kernel covered {j['kernel_covered']:.2f}", flush=True)
     print(f"# {sum(rows)}/{len(rows)} seeds meet every target; load now {os.getloadavg()}")
     return 0 if all(rows) else 1
 

@@ -42,6 +42,10 @@ class BarrierConfig:
     act: str = "relu"                          # paper: ReLU
     lr: float = 1e-3
     reg_coef: float = 0.001                    # paper: lambda = 0.001 in Eq. (5)
+    reg_states: str = "candidates"           # where Reg's expectation over S is taken: "candidates"
+                                               # (the MALA pool, the paper's approximation) or
+                                               # "certified" (uniform states of the previous C_h)
+    reg_samples: int = 1024                    # states per update with reg_states = "certified"
     eps: float = 0.01                          # release: violating means U + eps > 0 (Swing 0.01)
     max_steps: int = 4000                      # release: 20000
     quiet_steps: int = 300                     # release: 1000 then 5000 quiet steps
@@ -228,6 +232,8 @@ def _validate(obj, where: str) -> None:
             raise ValueError(f"{where}.{f.name}: must be >= 0, got {v}")
         if isinstance(v, tuple) and f.name.endswith("hidden") and any(h <= 0 for h in v):
             raise ValueError(f"{where}.{f.name}: layer sizes must be positive, got {list(v)}")
+    if getattr(obj, "reg_states", "candidates") not in ("candidates", "certified"):
+        raise ValueError(f"{where}.reg_states: must be 'candidates' or 'certified', got {obj.reg_states!r}")
 
 
 CONFIG_DIR = Path(__file__).parent / "configs"

@@ -130,7 +130,10 @@ class CRABS:
         self.model.fit_normalizers(data["s"], data["a"], data["s2"])
         self.dyn.train(self.buffer, cfg.dynamics.init_steps, self.rng)
         info = self.init_certificate()
-        found, steps = self.train_certificate(cfg.barrier.pretrain_steps, h_prev=None)
+        # the paper's pre-training has no reference certificate; with reg_states = "certified" the
+        # fitted one is kept as the reference set, so Alg. 1 carves it rather than redraws it
+        ref = self.cert.snapshot() if cfg.barrier.reg_states == "certified" else None
+        found, steps = self.train_certificate(cfg.barrier.pretrain_steps, h_prev=ref)
         self.certified = found and self.check_certified(self.cfg.barrier.quiet_steps)
         return {"startup_return": float(np.mean([e["return"] for e in eps])),
                 "cert_found": found, "cert_steps": steps, "certified_volume": self.certified_volume(),
@@ -205,6 +208,7 @@ class CRABS:
         """Alg. 1: MALA adversary + Eq. (4)/(5) updates until the adversary has been quiet for
         ``quiet_steps`` twice in a row (the second window after re-drawing the chains)."""
         bc = self.cfg.barrier
+        pool = self.reference_states(h_prev) if bc.reg_states == "certified" else None
         self.adv.reset(self.h, self.model, self.policy)
         quiet, windows = 0, 0
         for step in range(1, max_steps + 1):
@@ -222,9 +226,24 @@ class CRABS:
             quiet, windows = 0, 0
             if len(w) > bc.max_batch:
                 w = w[torch.randperm(len(w), generator=self.tgen)[: bc.max_batch]]
-            self.cert.step(self.model, self.policy, w, h_prev, self.adv.candidates())
+            if pool is None:
+                s_reg = self.adv.candidates()
+            else:
+                s_reg = pool[torch.randint(len(pool), (min(bc.reg_samples, len(pool)),), generator=self.tgen)]
+            self.cert.step(self.model, self.policy, w, h_prev, s_reg)
             self.adv.invalidate()
         return False, max_steps
+
+    @torch.no_grad()
+    def reference_states(self, h_prev: Barrier | None, n: int = 20000) -> torch.Tensor | None:
+        """States for Reg's expectation over S (Sec. 4.2) with ``reg_states = "certified"``: uniform
+        samples of the previous certified set C_h-hat (rejection sampling in its bounding box)."""
+        if h_prev is None:
+            return None
+        lo, hi = self.adv.certified_box(h_prev)
+        s = lo + (hi - lo) * torch.rand(n, len(lo), generator=self.tgen)
+        s = s[h_prev(s) >= 0]
+        return s if len(s) else None
 
     def ensure_policy_certified(self, max_steps: int) -> tuple[bool, int]:
         """Adversarial policy steps until the adversary is quiet (two windows), Alg. 4 lines 5-6."""

@@ -127,3 +127,31 @@ def test_fallback_policy_follows_the_last_certified_policy(tmp_path):
     c.policy.load_state_dict(new)
     torch.testing.assert_close(torch.as_tensor(a1), torch.as_tensor(c._mean_act(s)))
     torch.testing.assert_close(torch.as_tensor(a1), torch.as_tensor(ref))
+
+
+def test_regulariser_states_of_the_previous_certified_set(tmp_path):
+    """reg_states = "certified": Reg (Sec. 4.2) is taken over uniform states of the previous C_h."""
+    from crabs.system import builtin_system
+
+    cfg = Config.from_dict({**TINY, "barrier": {**TINY["barrier"], "reg_states": "certified",
+                                                 "reg_samples": 64}})
+    c = CRABS(builtin_system("upright"), cfg, tmp_path, progress=False)
+    assert c.reference_states(None) is None
+    h_prev = c.cert.snapshot()
+    pool = c.reference_states(h_prev)
+    assert len(pool) > 100 and bool((h_prev(pool) >= 0).all())
+    low, high = torch.as_tensor(c.sys.state_low), torch.as_tensor(c.sys.state_high)
+    assert bool(((pool >= low.float()) & (pool <= high.float())).all())
+    seen = []
+    step = c.cert.step
+    c.cert.step = lambda model, policy, w, hp, s_reg: (seen.append(s_reg), step(model, policy, w, hp, s_reg))[1]
+    c.train_certificate(30, h_prev)
+    assert seen, "the adversary found no violating state in an untrained certificate"
+    for s in seen:
+        assert s.shape == (64, 2) and bool((h_prev(s) >= 0).all())
+
+
+def test_reg_states_is_checked():
+    assert Config().barrier.reg_states == "candidates"  # the paper's approximation is the default
+    with pytest.raises(ValueError, match="reg_states: must be 'candidates' or 'certified'"):
+        Config.from_dict({"barrier": {"reg_states": "everywhere"}})

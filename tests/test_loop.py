@@ -144,7 +144,12 @@ def test_regulariser_states_of_the_previous_certified_set(tmp_path):
     assert bool(((pool >= low.float()) & (pool <= high.float())).all())
     seen = []
     step = c.cert.step
-    c.cert.step = lambda model, policy, w, hp, s_reg: (seen.append(s_reg), step(model, policy, w, hp, s_reg))[1]
+
+    def recording_step(model, policy, w, hp, s_reg):
+        seen.append(s_reg)
+        return step(model, policy, w, hp, s_reg)
+
+    c.cert.step = recording_step
     c.train_certificate(30, h_prev)
     assert seen, "the adversary found no violating state in an untrained certificate"
     for s in seen:

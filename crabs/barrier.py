@@ -69,8 +69,18 @@ class Barrier(nn.Module):
 
 
 def U(h: Barrier, model, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-    """Eq. (1): U(s, a, h) = max over the K predicted next states s' of -h(s'). Shape s.shape[:-1]."""
-    return (-h(model.means(s, a))).amax(dim=0)
+    """Eq. (1): U(s, a, h) = max over the K predicted next states s' of -h(s'). Shape s.shape[:-1].
+
+    With ``dynamics.support_radius`` r > 0 (a departure; the paper trusts the ensemble everywhere)
+    U is also at least ``10 (d - r)``, d the distance of s' from the training data in box
+    half-widths: the ensemble is confidently wrong far from its data (bench/RESULTS.md), so a
+    prediction leaving the data's neighbourhood counts as leaving C_h."""
+    nxt = model.means(s, a)
+    u = (-h(nxt)).amax(dim=0)
+    r = getattr(getattr(model, "cfg", None), "support_radius", 0.0)
+    if r > 0 and getattr(model, "support", None) is not None:
+        u = torch.maximum(u, 10.0 * (model.support_distance(nxt).amax(dim=0) - r))
+    return u
 
 
 def U_pi(h: Barrier, model, policy, s: torch.Tensor) -> torch.Tensor:

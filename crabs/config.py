@@ -32,6 +32,9 @@ class DynamicsConfig:
     min_log_std: float = -10.0                 # release
     bound_coef: float = 0.001                  # release: loss += coef * (max_log_std - min_log_std)
     holdout: float = 0.1                       # fraction of new data kept for the prediction error
+    support_radius: float = 0.0                # > 0: the model is trusted only within this distance of
+                                               # its data (box half-widths, max norm); paper: no such
+                                               # limit (0)
 
 
 @dataclass

@@ -29,6 +29,24 @@ class Ensemble(nn.Module):
         self.max_log_std = nn.Parameter(torch.full((obs_dim,), cfg.max_log_std))
         self.min_log_std = nn.Parameter(torch.full((obs_dim,), cfg.min_log_std))
         self.register_buffer("fitted", torch.tensor(False))
+        self.support: torch.Tensor | None = None   # data states / scale, see set_support
+        self.support_scale: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def set_support(self, states: torch.Tensor, scale: torch.Tensor, max_points: int = 2048,
+                    gen: torch.Generator | None = None) -> None:
+        """The states the model was trained on (a random subset of at most ``max_points``), in units
+        of ``scale``: with ``support_radius`` > 0 the model is trusted only within that distance."""
+        if len(states) > max_points:
+            states = states[torch.randperm(len(states), generator=gen)[:max_points]]
+        self.support_scale = torch.as_tensor(scale, dtype=torch.float32)
+        self.support = states.float() / self.support_scale
+
+    def support_distance(self, s: torch.Tensor) -> torch.Tensor:
+        """Max-norm distance (in scale units) from each state of shape (..., obs) to the support."""
+        flat = s.reshape(-1, self.obs_dim) / self.support_scale
+        d = torch.cdist(flat, self.support, p=float("inf")).amin(-1)
+        return d.reshape(s.shape[:-1])
 
     @torch.no_grad()
     def fit_normalizers(self, s: torch.Tensor, a: torch.Tensor, s2: torch.Tensor) -> None:

@@ -129,6 +129,7 @@ class CRABS:
         data = self.buffer.all()
         self.model.fit_normalizers(data["s"], data["a"], data["s2"])
         self.dyn.train(self.buffer, cfg.dynamics.init_steps, self.rng)
+        self.refresh_support()
         info = self.init_certificate()
         # the paper's pre-training has no reference certificate; with reg_states = "certified" the
         # fitted one is kept as the reference set, so Alg. 1 carves it rather than redraws it
@@ -138,6 +139,12 @@ class CRABS:
         return {"startup_return": float(np.mean([e["return"] for e in eps])),
                 "cert_found": found, "cert_steps": steps, "certified_volume": self.certified_volume(),
                 **info}
+
+    def refresh_support(self) -> None:
+        """Tell the model which states it was trained on (used with ``dynamics.support_radius``)."""
+        if self.cfg.dynamics.support_radius > 0 and len(self.buffer):
+            half = torch.as_tensor((self.sys.state_high - self.sys.state_low) / 2, dtype=torch.float32)
+            self.model.set_support(self.buffer.all()["s"], half, gen=self.tgen)
 
     def startup_action(self, s: np.ndarray):
         """Start-up data: no model or certificate exists yet, so the given safe policy is the only
@@ -360,6 +367,7 @@ class CRABS:
         row.update(self.collect())
         lap("collect")
         self.dyn.train(self.buffer, cfg.dynamics.steps_per_epoch, self.rng)
+        self.refresh_support()
         self.adv.invalidate()
         lap("model")
         h_prev = self.cert.snapshot()
@@ -425,6 +433,7 @@ class CRABS:
         self.cert.load_state_dict(d["barrier"])
         self.sac.load_state_dict(d["sac"])
         self.buffer.load_state_dict(d["buffer"])
+        self.refresh_support()
         self.log.rows = list(d["log"])
         self._rows_at_start = len(self.log.rows)
         r = d["rng"]

@@ -121,3 +121,30 @@ def test_regulariser_only_penalises_shrinking():
                                   torch.zeros(1, 2, dtype=torch.float64), h_prev, s, reg_coef=1.0)
     # h(1.2,0) = -0.44 < h_prev = 0.51 -> penalised 0.95; h(-0.9,0) = 0.19 > h_prev = -0.96 -> 0
     assert info["reg"] == pytest_approx((0.51 + 0.44) / 2)
+
+
+def test_support_radius_makes_unsupported_predictions_uncertified():
+    """dynamics.support_radius > 0: a predicted next state farther than r from the data has U > 0
+    whatever h says; with r = 0 (the paper) U is Eq. (1) unchanged."""
+    from crabs.barrier import U
+    from crabs.config import DynamicsConfig
+    from crabs.dynamics import Ensemble
+
+    spec = get_task("upright").spec
+    h = Barrier(spec, BarrierConfig(), torch.tensor([1.5, 8.0]))
+    scale = torch.tensor([1.5, 8.0])
+    s = torch.tensor([[0.0, 0.0], [0.9, 0.0]])
+    a = torch.zeros(2, 1)
+    plain = Ensemble(2, 1, DynamicsConfig())
+    base = U(h, plain, s, a)
+    model = Ensemble(2, 1, DynamicsConfig(support_radius=0.25))
+    model.load_state_dict(plain.state_dict())
+    model.set_support(torch.zeros(10, 2), scale)        # the data: only the origin
+    with torch.no_grad():
+        u = U(h, model, s, a)
+    d = model.support_distance(model.means(s, a)).amax(0)
+    assert bool(d[0] < 0.25) and bool(d[1] > 0.5)
+    torch.testing.assert_close(u[0], torch.maximum(base[0], 10 * (d[0] - 0.25)))
+    assert float(u[1]) >= 10 * (float(d[1]) - 0.25) - 1e-5 > 0
+    plain.set_support(torch.zeros(10, 2), scale)        # radius 0: support is ignored
+    torch.testing.assert_close(U(h, plain, s, a), base)

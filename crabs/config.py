@@ -45,7 +45,7 @@ class BarrierConfig:
     act: str = "relu"                          # paper: ReLU
     lr: float = 1e-3
     reg_coef: float = 0.001                    # paper: lambda = 0.001 in Eq. (5)
-    reg_states: str = "candidates"           # where Reg's expectation over S is taken: "candidates"
+    reg_states: str = "candidates"             # where Reg's expectation over S is taken: "candidates"
                                                # (the MALA pool, the paper's approximation) or
                                                # "certified" (uniform states of the previous C_h)
     reg_samples: int = 1024                    # states per update with reg_states = "certified"

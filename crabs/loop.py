@@ -143,8 +143,7 @@ class CRABS:
     def refresh_support(self) -> None:
         """Tell the model which states it was trained on (used with ``dynamics.support_radius``)."""
         if self.cfg.dynamics.support_radius > 0 and len(self.buffer):
-            half = torch.as_tensor((self.sys.state_high - self.sys.state_low) / 2, dtype=torch.float32)
-            self.model.set_support(self.buffer.all()["s"], half, gen=self.tgen)
+            self.model.set_support(self.buffer.all()["s"], self.adv.precond, gen=self.tgen)
 
     def startup_action(self, s: np.ndarray):
         """Start-up data: no model or certificate exists yet, so the given safe policy is the only

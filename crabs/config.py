@@ -50,6 +50,9 @@ class BarrierConfig:
                                                # "certified" (uniform states of the previous C_h)
     reg_samples: int = 1024                    # states per update with reg_states = "certified"
     eps: float = 0.01                          # release: violating means U + eps > 0 (Swing 0.01)
+    train_margin: float = 0.0                  # once the adversary finds a state with U + eps > 0,
+                                               # Alg. 1 updates on all with U + eps + margin > 0, so
+                                               # C* is pushed below -eps with room to spare (paper: 0)
     max_steps: int = 4000                      # release: 20000
     quiet_steps: int = 300                     # release: 1000 then 5000 quiet steps
     pretrain_steps: int = 4000                 # steps of Alg. 1 for the initial certificate
@@ -91,6 +94,9 @@ class MALAConfig:
     project_lr: float = 0.01
     box_scale: float = 1.5                     # release: box = certified bounding box x 1.5
     box_samples: int = 20000                   # rejection samples used to re-box
+    refresh_frac: float = 0.0                  # fraction of the chains re-drawn uniformly from C_h
+                                               # at every step, so a small pool keeps covering all of
+                                               # C_h while h changes (paper: 0, with 10000 chains)
 
 
 @dataclass
@@ -235,6 +241,8 @@ def _validate(obj, where: str) -> None:
             raise ValueError(f"{where}.{f.name}: must be >= 0, got {v}")
         if isinstance(v, tuple) and f.name.endswith("hidden") and any(h <= 0 for h in v):
             raise ValueError(f"{where}.{f.name}: layer sizes must be positive, got {list(v)}")
+    if not 0.0 <= getattr(obj, "refresh_frac", 0.0) <= 1.0:
+        raise ValueError(f"{where}.refresh_frac: must be in [0, 1], got {obj.refresh_frac}")
     if getattr(obj, "reg_states", "candidates") not in ("candidates", "certified"):
         raise ValueError(f"{where}.reg_states: must be 'candidates' or 'certified', got {obj.reg_states!r}")
 

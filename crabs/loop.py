@@ -138,6 +138,7 @@ class CRABS:
         self.certified = found and self.check_certified(self.cfg.barrier.quiet_steps)
         return {"startup_return": float(np.mean([e["return"] for e in eps])),
                 "cert_found": found, "cert_steps": steps, "certified_volume": self.certified_volume(),
+                "uniform_violations": self.uniform_violations(),
                 **info}
 
     def refresh_support(self) -> None:
@@ -230,6 +231,8 @@ class CRABS:
                     self.adv.reset(self.h, self.model, self.policy)
                 continue
             quiet, windows = 0, 0
+            if bc.train_margin > 0:
+                w = self.adv.violators(bc.eps + bc.train_margin)
             if len(w) > bc.max_batch:
                 w = w[torch.randperm(len(w), generator=self.tgen)[: bc.max_batch]]
             if pool is None:
@@ -269,6 +272,8 @@ class CRABS:
                     self.adv.reset(self.h, self.model, self.policy)
                 continue
             quiet, windows = 0, 0
+            if bc.train_margin > 0:
+                w = self.adv.violators(bc.eps + bc.train_margin)
             self.sac.adversarial_step(w, self.h, self.model, sc.adv_coef)
             self.adv.invalidate()
         return False, max_steps
@@ -350,6 +355,20 @@ class CRABS:
         s = lo + (hi - lo) * torch.rand(n, len(lo), generator=self.tgen)
         return float((self.h(s) >= 0).float().mean())
 
+    @torch.no_grad()
+    def uniform_violations(self, n: int = 20000) -> float:
+        """An audit of the adversary: the fraction of uniform samples of C_h (rejection sampling in
+        its bounding box) where U(s, pi(s), h) > 0 under the model, i.e. where the certificate is
+        not invariant for the model. Alg. 1 should leave this at 0; MALA with few chains can miss
+        whole regions, which this exposes (in 2-D or 4-D uniform sampling is dense enough)."""
+        lo, hi = self.adv.certified_box(self.h)
+        s = lo + (hi - lo) * torch.rand(n, len(lo), generator=self.tgen)
+        s = s[self.h(s) >= 0]
+        if len(s) == 0:
+            return 0.0
+        u = U(self.h, self.model, s, self.policy.mean_action(s))
+        return float((u > 0).float().mean())
+
     def run_epoch(self) -> dict:
         cfg = self.cfg
         t0 = time.time()
@@ -397,7 +416,8 @@ class CRABS:
         lap("verify")
         if cfg.eval_every and (self.epoch + 1) % cfg.eval_every == 0:
             row.update(self.evaluate())
-        row.update(certified_volume=self.certified_volume(), env_steps=self.counters.env_steps,
+        row.update(certified_volume=self.certified_volume(), uniform_violations=self.uniform_violations(),
+                   env_steps=self.counters.env_steps,
                    episodes=self.counters.episodes, violations=self.counters.violations)
         lap("eval")
         row.update(timer, epoch_s=round(time.time() - start, 2))

@@ -84,6 +84,7 @@ class Adversary:
         self.high = torch.as_tensor(box_high, dtype=torch.float32)
         self.precond = (self.high - self.low) / 2          # the safe box's half-widths
         self.state: MALAState | None = None
+        self.box = (self.low, self.high)  # where chains are drawn: set by reset()
         self.stale = True
 
     # -- the target ----------------------------------------------------------------------
@@ -123,22 +124,44 @@ class Adversary:
         return torch.maximum(c - r, self.low), torch.minimum(c + r, self.high)
 
     @torch.no_grad()
+    def _draw(self, h, m: int, tries: int = 50) -> torch.Tensor:
+        """Up to m states uniform in C_h (rejection sampling in the current candidate box)."""
+        lo, hi = self.box
+        pts, n = [], 0
+        for _ in range(tries):
+            s = lo + (hi - lo) * torch.rand(4 * m, len(self.low), generator=self.gen)
+            pts.append(s[h(s) >= 0])
+            n += len(pts[-1])
+            if n >= m:
+                break
+        return torch.cat(pts)[:m]
+
+    @torch.no_grad()
     def reset(self, h, model, policy) -> None:
         """Draw the chains uniformly in the certified box, keeping certified ones (rejection)."""
-        lo, hi = self.certified_box(h)
-        m, d = self.cfg.chains, len(self.low)
-        pts = []
-        for _ in range(50):
-            s = lo + (hi - lo) * torch.rand(4 * m, d, generator=self.gen)
-            pts.append(s[h(s) >= 0])
-            if sum(len(p) for p in pts) >= m:
-                break
-        pool = torch.cat(pts)
+        self.box = self.certified_box(h)
+        m = self.cfg.chains
+        pool = self._draw(h, m)
         if len(pool) == 0:
             pool = h.s0[None].clone()
-        x = pool[torch.randint(len(pool), (m,), generator=self.gen)] if len(pool) < m else pool[:m]
+        x = pool[torch.randint(len(pool), (m,), generator=self.gen)] if len(pool) < m else pool
         self.state = mala_init(x, self._fn(h, model, policy), self.cfg.init_step)
         self.stale = False
+
+    def refresh(self, h, fn: LogProbFn) -> None:
+        """Re-draw ``refresh_frac`` of the chains uniformly from C_h (a departure: with few chains
+        the pool otherwise concentrates on one mode while h changes elsewhere)."""
+        st = self.state
+        r = int(round(self.cfg.refresh_frac * len(st.x)))
+        if r == 0:
+            return
+        new = self._draw(h, r, tries=2)
+        if len(new) == 0:
+            return
+        idx = torch.randperm(len(st.x), generator=self.gen)[: len(new)]
+        logp, grad, inside = fn(new)
+        st.x[idx], st.logp[idx], st.grad[idx], st.inside[idx] = new, logp, grad, inside
+        st.tau[idx] = st.tau.median()
 
     def project(self, h) -> None:
         """Pull chains that fell outside C_h back in: gradient steps on relu(-h) (App. D)."""
@@ -172,6 +195,7 @@ class Adversary:
         self.state, info = mala_step(self.state, fn, self.gen, self.cfg.target_accept,
                                      self.cfg.adapt_rate, self.precond)
         self.state.tau.clamp_(1e-8, 1.0)
+        self.refresh(h, fn)
         return {"accept": info.accept_rate}
 
     def violators(self, eps: float) -> torch.Tensor:

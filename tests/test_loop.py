@@ -160,3 +160,54 @@ def test_reg_states_is_checked():
     assert Config().barrier.reg_states == "candidates"  # the paper's approximation is the default
     with pytest.raises(ValueError, match="reg_states: must be 'candidates' or 'certified'"):
         Config.from_dict({"barrier": {"reg_states": "everywhere"}})
+
+
+class _ShiftModel(torch.nn.Module):
+    """A toy T-hat: every member moves the state by ``shift`` whatever the action."""
+
+    def __init__(self, shift):
+        super().__init__()
+        self.shift = torch.as_tensor(shift, dtype=torch.float32)
+
+    def means(self, s, a):
+        return (s + self.shift)[None].expand(3, *s.shape)
+
+
+def test_uniform_violations_audits_the_certificate(tmp_path):
+    """The fraction of uniform states of C_h with U > 0: 0 when the model keeps every state where
+    it is (C_h is then trivially invariant), most of C_h when it throws states past the limit."""
+    from crabs.system import builtin_system
+
+    c = CRABS(builtin_system("upright"), Config.from_dict(TINY), tmp_path, progress=False)
+    assert c.certified_volume() > 0.01
+    c.model = _ShiftModel([0.0, 0.0])
+    assert c.uniform_violations() == 0.0
+    c.model = _ShiftModel([3.0, 0.0])                  # theta + 3: outside |theta| <= 1.5
+    assert c.uniform_violations() == 1.0
+    c.model = _ShiftModel([1.2, 0.0])
+    assert 0.0 < c.uniform_violations() < 1.0
+
+
+def test_train_margin_updates_on_near_violators_too(tmp_path):
+    """barrier.train_margin m: Alg. 1 is triggered by a state with U + eps > 0 but then updates on
+    every chain with U + eps + m > 0, pushing C* below -eps with room to spare."""
+    from crabs.barrier import U_pi
+    from crabs.system import builtin_system
+
+    eps, m = 0.01, 0.5
+    cfg = Config.from_dict({**TINY, "barrier": {**TINY["barrier"], "train_margin": m, "max_batch": 10000}})
+    c = CRABS(builtin_system("upright"), cfg, tmp_path, progress=False)
+    us = []
+    step = c.cert.step
+
+    def recording_step(model, policy, w, hp, s_reg):
+        with torch.no_grad():
+            us.append(U_pi(c.h, model, policy, w))
+        return step(model, policy, w, hp, s_reg)
+
+    c.cert.step = recording_step
+    c.train_certificate(30, None)
+    assert us, "the adversary found no violating state in an untrained certificate"
+    u = torch.cat(us)
+    assert bool((u + eps + m > -1e-4).all())
+    assert bool((u + eps <= 0).any())                 # the margin widened the batch

@@ -62,3 +62,50 @@ def test_mh_correction_is_the_standard_one():
             xs.append(st.x)
     xs = torch.cat(xs)
     assert abs(float(xs.var()) - 1.0) < 0.04
+
+
+def _disk_adversary(refresh_frac):
+    """An Adversary on the box [-1, 1]^2 whose C_h is the unit disk and whose U is s_0 (so the
+    chains climb towards (1, 0))."""
+    from crabs.config import MALAConfig
+    from crabs.mala import Adversary
+
+    class Disk(torch.nn.Module):
+        s0 = torch.zeros(2)
+
+        def forward(self, s):
+            return 1 - (s ** 2).sum(-1)
+
+    adv = Adversary([-1.0, -1.0], [1.0, 1.0], MALAConfig(chains=400, refresh_frac=refresh_frac), seed=0)
+    adv._fn = lambda h, model, policy: lambda x: (x[:, 0] / 0.03, torch.tensor([1 / 0.03, 0.0]).expand_as(x),
+                                                  h(x) >= 0)
+    return Disk(), adv
+
+
+def test_refresh_redraws_chains_uniformly_in_C_h():
+    """mala.refresh_frac: after every step that fraction of the pool is fresh uniform states of
+    C_h, so a pool that has collapsed onto one point still covers C_h; 0 (the paper) leaves it."""
+    for frac in (0.0, 0.25):
+        h, adv = _disk_adversary(frac)
+        adv.reset(h, None, None)
+        adv.state.x[:] = torch.tensor([0.9, 0.0])         # every chain collapsed onto one mode
+        adv.state.tau[:] = 1e-8                           # and (almost) frozen there
+        adv.step(h, None, None)
+        moved = (adv.state.x - torch.tensor([0.9, 0.0])).norm(dim=-1) > 1e-3
+        if frac == 0:
+            assert int(moved.sum()) == 0
+        else:
+            assert abs(int(moved.sum()) - 100) <= 2
+            fresh = adv.state.x[moved]
+            assert bool((h(fresh) >= 0).all())            # drawn inside C_h
+            assert float(fresh[:, 1].std()) > 0.4         # spread over the disk, not near the mode
+            torch.testing.assert_close(adv.state.logp[moved], fresh[:, 0] / 0.03)  # re-evaluated
+
+
+def test_refresh_frac_is_checked():
+    import pytest
+
+    from crabs.config import Config
+
+    with pytest.raises(ValueError, match="refresh_frac: must be in"):
+        Config.from_dict({"mala": {"refresh_frac": 1.5}})

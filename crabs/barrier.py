@@ -63,6 +63,14 @@ class Barrier(nn.Module):
         out = self.f(both).squeeze(-1)
         return (out[:-1] - out[-1]).reshape(s.shape[:-1])
 
+    @torch.no_grad()
+    def dilate(self, delta: float) -> None:
+        """Scale f(s) - f(s0) by 1 - delta (the output layer's weights): C_h grows to a larger level
+        set of f in h's own shape (``barrier.regrow_mode = "dilate"``). R.1 and R.2 still hold."""
+        if not 0.0 <= delta < 1.0:
+            raise ValueError(f"dilation must be in [0, 1), got {delta}")
+        self.f[-1].weight.mul_(1.0 - delta)
+
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         h = 1.0 - F.softplus(self.f_rel(s)) - self.spec.B_safe_torch(s)
         return h - self.B_box(s) if self.box else h

@@ -69,6 +69,13 @@ class BarrierConfig:
     regrow: bool = True                        # each epoch, before Alg. 1, refit h to C_h united with
                                                # the states whose model rollouts under the current
                                                # policy stay safe (paper: no such step; False)
+    regrow_mode: str = "rollouts"              # how C_h is regrown: "rollouts" (refit h to the states
+                                               # near the data whose model rollouts stay safe) or
+                                               # "dilate" (scale f - f(s0) by 1 - dilation: the next
+                                               # level set of h's own shape)
+    dilation: float = 0.3                      # "dilate": the first epoch's dilation; it grows by
+                                               # 1.25x after an epoch whose Alg. 1 went quiet and
+                                               # halves after one that was rolled back (0.02 - 0.6)
     regrow_fit_steps: int = 500
     regrow_offsets: tuple[float, ...] = (-0.5, -0.25, 0.0, 0.25, 0.5)
                                                # constant action offsets tried in the rollouts: a
@@ -241,6 +248,10 @@ def _validate(obj, where: str) -> None:
             raise ValueError(f"{where}.{f.name}: must be >= 0, got {v}")
         if isinstance(v, tuple) and f.name.endswith("hidden") and any(h <= 0 for h in v):
             raise ValueError(f"{where}.{f.name}: layer sizes must be positive, got {list(v)}")
+    if getattr(obj, "regrow_mode", "rollouts") not in ("rollouts", "dilate"):
+        raise ValueError(f"{where}.regrow_mode: must be 'rollouts' or 'dilate', got {obj.regrow_mode!r}")
+    if not 0.0 < getattr(obj, "dilation", 0.3) < 1.0:
+        raise ValueError(f"{where}.dilation: must be in (0, 1), got {obj.dilation}")
     if not 0.0 <= getattr(obj, "refresh_frac", 0.0) <= 1.0:
         raise ValueError(f"{where}.refresh_frac: must be in [0, 1], got {obj.refresh_frac}")
     if getattr(obj, "reg_states", "candidates") not in ("candidates", "certified"):

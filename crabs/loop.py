@@ -63,6 +63,7 @@ class CRABS:
         self.sac = ConstrainedSAC(self.policy, cfg.sac)
         self.adv = Adversary(system.state_low, system.state_high, cfg.mala, seed=cfg.seed + 2)
         self.epoch = 0
+        self.dilation = cfg.barrier.dilation  # adapted per epoch with regrow_mode = "dilate"
         self.counters = MonitorCounters()
         self.log = EpochLog()
         self.started_epochs = False
@@ -391,10 +392,17 @@ class CRABS:
         h_prev = self.cert.snapshot()
         pi_start = copy.deepcopy(self.sac.state_dict())  # the policy h_prev was certified for
         if cfg.barrier.regrow:
-            self.fit_to_rollouts(cfg.barrier.regrow_fit_steps, regrow=True)
+            if cfg.barrier.regrow_mode == "dilate":
+                self.h.dilate(self.dilation)
+                self.adv.invalidate()
+                row["dilation"] = self.dilation
+            else:
+                self.fit_to_rollouts(cfg.barrier.regrow_fit_steps, regrow=True)
             # let the policy learn to hold the grown set before Alg. 1 carves back the rest
             self.ensure_policy_certified(cfg.barrier.regrow_policy_steps)
         found, steps = self.train_certificate(cfg.barrier.max_steps, h_prev)
+        if cfg.barrier.regrow and cfg.barrier.regrow_mode == "dilate":
+            self.dilation = min(0.6, self.dilation * 1.25) if found else max(0.02, self.dilation / 2)
         if not found:  # roll back (facts sheet): the policy must then satisfy the old certificate
             self.h.load_state_dict(h_prev.state_dict())
             self.adv.invalidate()
@@ -427,7 +435,7 @@ class CRABS:
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"version": CKPT_VERSION, "system": self.sys.name, "config": self.cfg.to_dict(),
-                "epoch": self.epoch, "counters": self.counters.to_dict(),
+                "epoch": self.epoch, "counters": self.counters.to_dict(), "dilation": self.dilation,
                 "certified": self.certified, "safe_policy": self.safe_policy_state,
                 "model": self.dyn.state_dict(),
                 "barrier": self.cert.state_dict(), "sac": self.sac.state_dict(),
@@ -446,6 +454,7 @@ class CRABS:
         if d["system"] != self.sys.name:
             raise ValueError(f"checkpoint is from task {d['system']!r}, not {self.sys.name!r}")
         self.epoch, self.certified = d["epoch"], d["certified"]
+        self.dilation = float(d.get("dilation", self.cfg.barrier.dilation))
         self.set_safe_policy(d["safe_policy"])
         self.counters = MonitorCounters(**d["counters"])
         self.dyn.load_state_dict(d["model"])

@@ -148,3 +148,35 @@ def test_support_radius_makes_unsupported_predictions_uncertified():
     assert float(u[1]) >= 10 * (float(d[1]) - 0.25) - 1e-5 > 0
     plain.set_support(torch.zeros(10, 2), scale)        # radius 0: support is ignored
     torch.testing.assert_close(U(h, plain, s, a), base)
+
+
+def test_dilation_grows_C_h_in_its_own_shape():
+    """Barrier.dilate (regrow_mode "dilate") scales f - f(s0): h(s0) is unchanged (R.1), every
+    state certified before stays certified (away from B_safe's edge band), the set grows, and R.2
+    still holds."""
+    t = get_task("move")
+    low, high = t.box()
+    torch.manual_seed(0)
+    h = Barrier(t.spec, BarrierConfig(hidden=(32, 32)), torch.as_tensor((high - low) / 2), low, high)
+    s = np.random.default_rng(0).uniform(1.2 * low, 1.2 * high, (50000, 4))
+    s = torch.as_tensor(s, dtype=torch.float32)
+    with torch.no_grad():
+        before = h(s) >= 0
+        h.dilate(0.3)
+        after = h(s) >= 0
+        assert float(h(h.s0[None])[0]) == pytest_approx(1 - math.log(2))
+    core = t.spec.B_safe_torch(s) == 0
+    assert bool((after | ~before | ~core).all())
+    assert int(after.sum()) > int(before.sum())
+    assert not bool(after[~t.spec.is_safe_torch(s)].any())
+
+
+def test_dilation_is_checked():
+    import pytest
+
+    from crabs.config import Config
+
+    with pytest.raises(ValueError, match="dilation: must be in"):
+        Config.from_dict({"barrier": {"dilation": 1.0}})
+    with pytest.raises(ValueError, match="regrow_mode: must be"):
+        Config.from_dict({"barrier": {"regrow_mode": "grow"}})

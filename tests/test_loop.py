@@ -211,3 +211,26 @@ def test_train_margin_updates_on_near_violators_too(tmp_path):
     u = torch.cat(us)
     assert bool((u + eps + m > -1e-4).all())
     assert bool((u + eps <= 0).any())                 # the margin widened the batch
+
+
+def test_dilation_adapts_and_a_failed_epoch_rolls_h_back(tmp_path):
+    """regrow_mode "dilate": the epoch dilates C_h before Alg. 1; if Alg. 1 is not quiet within its
+    budget h is rolled back to the previous epoch's and the next dilation is halved; after a quiet
+    Alg. 1 it is raised by 1.25x."""
+    from crabs.system import builtin_system
+
+    cfg = Config.from_dict({**TINY, "barrier": {**TINY["barrier"], "regrow_mode": "dilate",
+                                                 "dilation": 0.2, "regrow_policy_steps": 5}})
+    c = CRABS(builtin_system("upright"), cfg, tmp_path, progress=False)
+    c.startup()
+    before = {k: v.clone() for k, v in c.h.state_dict().items()}
+    c.train_certificate = lambda steps, h_prev: (False, steps)
+    row = c.run_epoch()
+    assert row["dilation"] == 0.2 and not row["cert_found"]
+    assert c.dilation == pytest.approx(0.1)
+    for k, v in c.h.state_dict().items():
+        torch.testing.assert_close(v, before[k])     # rolled back: the dilation is undone
+    c.train_certificate = lambda steps, h_prev: (True, 1)
+    c.run_epoch()
+    assert c.dilation == pytest.approx(0.125)
+    assert c.state_dict()["dilation"] == pytest.approx(0.125)  # checkpointed

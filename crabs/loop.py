@@ -390,6 +390,7 @@ class CRABS:
         self.adv.invalidate()
         lap("model")
         h_prev = self.cert.snapshot()
+        cert_start = copy.deepcopy(self.cert.state_dict())  # h and its optimiser, for a rollback
         pi_start = copy.deepcopy(self.sac.state_dict())  # the policy h_prev was certified for
         if cfg.barrier.regrow:
             if cfg.barrier.regrow_mode == "dilate":
@@ -404,7 +405,7 @@ class CRABS:
         if cfg.barrier.regrow and cfg.barrier.regrow_mode == "dilate":
             self.dilation = min(0.6, self.dilation * 1.25) if found else max(0.02, self.dilation / 2)
         if not found:  # roll back (facts sheet): the policy must then satisfy the old certificate
-            self.h.load_state_dict(h_prev.state_dict())
+            self.cert.load_state_dict(cert_start)  # h and Adam's moments, as they were
             self.adv.invalidate()
         row.update(cert_found=found, cert_steps=steps)
         lap("certificate")

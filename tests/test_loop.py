@@ -1,6 +1,7 @@
 """A reduced Upright run end to end (0 violations, every part exercised) and resume after an
 interruption continuing the same counters."""
 
+import copy
 import json
 
 import pytest
@@ -224,12 +225,22 @@ def test_dilation_adapts_and_a_failed_epoch_rolls_h_back(tmp_path):
     c = CRABS(builtin_system("upright"), cfg, tmp_path, progress=False)
     c.startup()
     before = {k: v.clone() for k, v in c.h.state_dict().items()}
-    c.train_certificate = lambda steps, h_prev: (False, steps)
+    adam = copy.deepcopy(c.cert.opt.state_dict())
+    assert adam["state"], "start-up's Alg. 1 made no update"
+
+    def failing(steps, h_prev):  # one real update of h (and of Adam's moments), then give up
+        c.adv.step(c.h, c.model, c.policy)
+        c.cert.step(c.model, c.policy, c.adv.candidates()[:8], h_prev, c.adv.candidates())
+        return False, steps
+
+    c.train_certificate = failing
     row = c.run_epoch()
     assert row["dilation"] == 0.2 and not row["cert_found"]
     assert c.dilation == pytest.approx(0.1)
     for k, v in c.h.state_dict().items():
         torch.testing.assert_close(v, before[k])     # rolled back: the dilation is undone
+    for st, st0 in zip(c.cert.opt.state_dict()["state"].values(), adam["state"].values()):
+        torch.testing.assert_close(st["exp_avg"], st0["exp_avg"])  # and so is the optimiser's state
     c.train_certificate = lambda steps, h_prev: (True, 1)
     c.run_epoch()
     assert c.dilation == pytest.approx(0.125)

@@ -212,17 +212,16 @@ class CRABS:
         return {"init_positive": float(pos.float().mean()), **info}
 
     # -- Algorithm 1 ------------------------------------------------------------------------
-    def train_certificate(self, max_steps: int, h_prev: Barrier | None) -> tuple[bool, int]:
-        """Alg. 1: MALA adversary + Eq. (4)/(5) updates until the adversary has been quiet for
-        ``quiet_steps`` twice in a row (the second window after re-drawing the chains)."""
+    def _until_quiet(self, max_steps: int, update) -> tuple[bool, int]:
+        """Run the adversary, calling ``update(W)`` whenever it finds violating states, until it has
+        been quiet for ``quiet_steps`` twice in a row (the second window after re-drawing the
+        chains). W holds the chains with U + eps + ``train_margin`` > 0 (hysteresis, see config)."""
         bc = self.cfg.barrier
-        pool = self.reference_states(h_prev) if bc.reg_states == "certified" else None
         self.adv.reset(self.h, self.model, self.policy)
         quiet, windows = 0, 0
         for step in range(1, max_steps + 1):
             self.adv.step(self.h, self.model, self.policy)
-            w = self.adv.violators(bc.eps)
-            if len(w) == 0:
+            if len(self.adv.violators(bc.eps)) == 0:
                 quiet += 1
                 if quiet >= bc.quiet_steps:
                     windows += 1
@@ -232,8 +231,16 @@ class CRABS:
                     self.adv.reset(self.h, self.model, self.policy)
                 continue
             quiet, windows = 0, 0
-            if bc.train_margin > 0:
-                w = self.adv.violators(bc.eps + bc.train_margin)
+            update(self.adv.violators(bc.eps + bc.train_margin))
+            self.adv.invalidate()
+        return False, max_steps
+
+    def train_certificate(self, max_steps: int, h_prev: Barrier | None) -> tuple[bool, int]:
+        """Alg. 1: MALA adversary + Eq. (4)/(5) updates until the adversary is quiet."""
+        bc = self.cfg.barrier
+        pool = self.reference_states(h_prev) if bc.reg_states == "certified" else None
+
+        def update(w):
             if len(w) > bc.max_batch:
                 w = w[torch.randperm(len(w), generator=self.tgen)[: bc.max_batch]]
             if pool is None:
@@ -241,43 +248,28 @@ class CRABS:
             else:
                 s_reg = pool[torch.randint(len(pool), (min(bc.reg_samples, len(pool)),), generator=self.tgen)]
             self.cert.step(self.model, self.policy, w, h_prev, s_reg)
-            self.adv.invalidate()
-        return False, max_steps
+
+        return self._until_quiet(max_steps, update)
 
     @torch.no_grad()
-    def reference_states(self, h_prev: Barrier | None, n: int = 20000) -> torch.Tensor | None:
+    def certified_samples(self, h: Barrier, n: int = 20000) -> torch.Tensor:
+        """Uniform samples of C_h: rejection sampling of n states in its bounding box."""
+        lo, hi = self.adv.certified_box(h)
+        s = lo + (hi - lo) * torch.rand(n, len(lo), generator=self.tgen)
+        return s[h(s) >= 0]
+
+    def reference_states(self, h_prev: Barrier | None) -> torch.Tensor | None:
         """States for Reg's expectation over S (Sec. 4.2) with ``reg_states = "certified"``: uniform
-        samples of the previous certified set C_h-hat (rejection sampling in its bounding box)."""
+        samples of the previous certified set C_h-hat."""
         if h_prev is None:
             return None
-        lo, hi = self.adv.certified_box(h_prev)
-        s = lo + (hi - lo) * torch.rand(n, len(lo), generator=self.tgen)
-        s = s[h_prev(s) >= 0]
+        s = self.certified_samples(h_prev)
         return s if len(s) else None
 
     def ensure_policy_certified(self, max_steps: int) -> tuple[bool, int]:
         """Adversarial policy steps until the adversary is quiet (two windows), Alg. 4 lines 5-6."""
-        bc, sc = self.cfg.barrier, self.cfg.sac
-        self.adv.reset(self.h, self.model, self.policy)
-        quiet, windows = 0, 0
-        for step in range(1, max_steps + 1):
-            self.adv.step(self.h, self.model, self.policy)
-            w = self.adv.violators(bc.eps)
-            if len(w) == 0:
-                quiet += 1
-                if quiet >= bc.quiet_steps:
-                    windows += 1
-                    if windows >= 2:
-                        return True, step
-                    quiet = 0
-                    self.adv.reset(self.h, self.model, self.policy)
-                continue
-            quiet, windows = 0, 0
-            if bc.train_margin > 0:
-                w = self.adv.violators(bc.eps + bc.train_margin)
-            self.sac.adversarial_step(w, self.h, self.model, sc.adv_coef)
-            self.adv.invalidate()
-        return False, max_steps
+        return self._until_quiet(max_steps, lambda w: self.sac.adversarial_step(
+            w, self.h, self.model, self.cfg.sac.adv_coef))
 
     def check_certified(self, steps: int, windows: int = 2) -> bool:
         """Fresh adversaries, no updates: True if none of ``windows`` freshly drawn pools finds a
@@ -362,9 +354,7 @@ class CRABS:
         its bounding box) where U(s, pi(s), h) > 0 under the model, i.e. where the certificate is
         not invariant for the model. Alg. 1 should leave this at 0; MALA with few chains can miss
         whole regions, which this exposes (in 2-D or 4-D uniform sampling is dense enough)."""
-        lo, hi = self.adv.certified_box(self.h)
-        s = lo + (hi - lo) * torch.rand(n, len(lo), generator=self.tgen)
-        s = s[self.h(s) >= 0]
+        s = self.certified_samples(self.h, n)
         if len(s) == 0:
             return 0.0
         u = U(self.h, self.model, s, self.policy.mean_action(s))
@@ -392,8 +382,9 @@ class CRABS:
         h_prev = self.cert.snapshot()
         cert_start = copy.deepcopy(self.cert.state_dict())  # h and its optimiser, for a rollback
         pi_start = copy.deepcopy(self.sac.state_dict())  # the policy h_prev was certified for
+        dilate = cfg.barrier.regrow and cfg.barrier.regrow_mode == "dilate"
         if cfg.barrier.regrow:
-            if cfg.barrier.regrow_mode == "dilate":
+            if dilate:
                 self.h.dilate(self.dilation)
                 self.adv.invalidate()
                 row["dilation"] = self.dilation
@@ -402,7 +393,7 @@ class CRABS:
             # let the policy learn to hold the grown set before Alg. 1 carves back the rest
             self.ensure_policy_certified(cfg.barrier.regrow_policy_steps)
         found, steps = self.train_certificate(cfg.barrier.max_steps, h_prev)
-        if cfg.barrier.regrow and cfg.barrier.regrow_mode == "dilate":
+        if dilate:
             self.dilation = min(0.6, self.dilation * 1.25) if found else max(0.02, self.dilation / 2)
         if not found:  # roll back (facts sheet): the policy must then satisfy the old certificate
             self.cert.load_state_dict(cert_start)  # h and Adam's moments, as they were

@@ -76,6 +76,13 @@ class BarrierConfig:
     dilation: float = 0.3                      # "dilate": the first epoch's dilation; it grows by
                                                # 1.25x after an epoch whose Alg. 1 went quiet and
                                                # halves after one that was rolled back (0.02 - 0.6)
+    on_stuck: str = "rollback"                 # Alg. 1 not quiet within max_steps while the triple
+                                               # is already uncertified: "rollback" restores the
+                                               # previous h (facts sheet), "carry" keeps the carved h
+                                               # and goes on carving next epoch, without regrowth;
+                                               # and if neither the trained nor the previous policy
+                                               # passes the check, Alg. 1 carves h for the previous
+                                               # one (paper: no such step)
     regrow_fit_steps: int = 500
     regrow_offsets: tuple[float, ...] = (-0.5, -0.25, 0.0, 0.25, 0.5)
                                                # constant action offsets tried in the rollouts: a
@@ -248,6 +255,8 @@ def _validate(obj, where: str) -> None:
             raise ValueError(f"{where}.{f.name}: must be >= 0, got {v}")
         if isinstance(v, tuple) and f.name.endswith("hidden") and any(h <= 0 for h in v):
             raise ValueError(f"{where}.{f.name}: layer sizes must be positive, got {list(v)}")
+    if getattr(obj, "on_stuck", "rollback") not in ("rollback", "carry"):
+        raise ValueError(f"{where}.on_stuck: must be 'rollback' or 'carry', got {obj.on_stuck!r}")
     if getattr(obj, "regrow_mode", "rollouts") not in ("rollouts", "dilate"):
         raise ValueError(f"{where}.regrow_mode: must be 'rollouts' or 'dilate', got {obj.regrow_mode!r}")
     if not 0.0 < getattr(obj, "dilation", 0.3) < 1.0:

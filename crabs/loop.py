@@ -382,8 +382,11 @@ class CRABS:
         h_prev = self.cert.snapshot()
         cert_start = copy.deepcopy(self.cert.state_dict())  # h and its optimiser, for a rollback
         pi_start = copy.deepcopy(self.sac.state_dict())  # the policy h_prev was certified for
-        dilate = cfg.barrier.regrow and cfg.barrier.regrow_mode == "dilate"
-        if cfg.barrier.regrow:
+        # "carry": while the triple is uncertified, h is not grown but carved further (see config)
+        carry = cfg.barrier.on_stuck == "carry" and not self.certified
+        regrow = cfg.barrier.regrow and not carry
+        dilate = regrow and cfg.barrier.regrow_mode == "dilate"
+        if regrow:
             if dilate:
                 self.h.dilate(self.dilation)
                 self.adv.invalidate()
@@ -395,13 +398,13 @@ class CRABS:
         found, steps = self.train_certificate(cfg.barrier.max_steps, h_prev)
         if dilate:
             self.dilation = min(0.6, self.dilation * 1.25) if found else max(0.02, self.dilation / 2)
-        if not found:  # roll back (facts sheet): the policy must then satisfy the old certificate
-            self.cert.load_state_dict(cert_start)  # h and Adam's moments, as they were
+        if not found and not carry:  # roll back (facts sheet): the policy must then satisfy the
+            self.cert.load_state_dict(cert_start)  # old certificate; h and Adam's moments as they were
             self.adv.invalidate()
         row.update(cert_found=found, cert_steps=steps)
         lap("certificate")
         # the policy the certificate now in force was trained (or, after a rollback, certified) for
-        pi_prev = copy.deepcopy(self.sac.state_dict()) if found else pi_start
+        pi_prev = copy.deepcopy(self.sac.state_dict()) if found or carry else pi_start
         row.update(self.optimise_policy())
         lap("policy")
         ok, psteps = self.ensure_policy_certified(cfg.barrier.max_steps)
@@ -409,6 +412,8 @@ class CRABS:
             self.sac.load_state_dict(pi_prev)  # current model
             self.adv.invalidate()
             ok = self.check_certified(cfg.barrier.quiet_steps)
+            if not ok and cfg.barrier.on_stuck == "carry":  # carve h until it certifies that policy
+                ok, _ = self.train_certificate(cfg.barrier.max_steps, h_prev)
         self.certified = ok
         if ok:
             self.set_safe_policy(self.policy.state_dict())

@@ -245,3 +245,37 @@ def test_dilation_adapts_and_a_failed_epoch_rolls_h_back(tmp_path):
     c.run_epoch()
     assert c.dilation == pytest.approx(0.125)
     assert c.state_dict()["dilation"] == pytest.approx(0.125)  # checkpointed
+
+
+def test_on_stuck_carry_keeps_carving_an_uncertified_certificate(tmp_path):
+    """barrier.on_stuck "carry": once the triple is uncertified, an epoch whose Alg. 1 is not quiet
+    keeps the carved h (no rollback) and does not regrow it; "rollback" (the facts sheet's rule)
+    restores h; while the triple is certified both roll back."""
+    from crabs.system import builtin_system
+
+    def failing_update(c):
+        def failing(steps, h_prev):  # one real update of h, then give up
+            c.adv.step(c.h, c.model, c.policy)
+            c.cert.step(c.model, c.policy, c.adv.candidates()[:8], h_prev, c.adv.candidates())
+            return False, steps
+        return failing
+
+    for mode in ("rollback", "carry"):
+        cfg = Config.from_dict({**TINY, "barrier": {**TINY["barrier"], "on_stuck": mode,
+                                                     "regrow_mode": "dilate", "regrow_policy_steps": 5}})
+        c = CRABS(builtin_system("upright"), cfg, tmp_path / mode, progress=False)
+        c.startup()
+        c.train_certificate = failing_update(c)
+        c.certified = True                           # a certified triple: both modes roll back
+        before = {k: v.clone() for k, v in c.h.state_dict().items()}
+        row = c.run_epoch()
+        assert not row["cert_found"] and "dilation" in row
+        for k, v in c.h.state_dict().items():
+            torch.testing.assert_close(v, before[k])
+        c.certified = False                          # now uncertified
+        row = c.run_epoch()
+        changed = any(not torch.equal(v, before[k]) for k, v in c.h.state_dict().items())
+        assert changed == (mode == "carry")
+        assert ("dilation" in row) == (mode == "rollback")  # carry does not regrow
+    with pytest.raises(ValueError, match="on_stuck: must be 'rollback' or 'carry'"):
+        Config.from_dict({"barrier": {"on_stuck": "retry"}})

@@ -379,11 +379,15 @@ class CRABS:
         self.refresh_support()
         self.adv.invalidate()
         lap("model")
+        # "carry": while the triple is uncertified, h is not grown but carved further, for the
+        # policy that acts meanwhile (the last certified one), which training restarts from
+        carry = cfg.barrier.on_stuck == "carry" and not self.certified
+        if carry:
+            self.policy.load_state_dict(self.safe_policy_state)
+            self.adv.invalidate()
         h_prev = self.cert.snapshot()
         cert_start = copy.deepcopy(self.cert.state_dict())  # h and its optimiser, for a rollback
         pi_start = copy.deepcopy(self.sac.state_dict())  # the policy h_prev was certified for
-        # "carry": while the triple is uncertified, h is not grown but carved further (see config)
-        carry = cfg.barrier.on_stuck == "carry" and not self.certified
         regrow = cfg.barrier.regrow and not carry
         dilate = regrow and cfg.barrier.regrow_mode == "dilate"
         if regrow:

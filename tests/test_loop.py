@@ -249,8 +249,9 @@ def test_dilation_adapts_and_a_failed_epoch_rolls_h_back(tmp_path):
 
 def test_on_stuck_carry_keeps_carving_an_uncertified_certificate(tmp_path):
     """barrier.on_stuck "carry": once the triple is uncertified, an epoch whose Alg. 1 is not quiet
-    keeps the carved h (no rollback) and does not regrow it; "rollback" (the facts sheet's rule)
-    restores h; while the triple is certified both roll back."""
+    keeps the carved h (no rollback), does not regrow it and carves it for the last certified
+    policy; "rollback" (the facts sheet's rule) restores h; while the triple is certified both roll
+    back."""
     from crabs.system import builtin_system
 
     def failing_update(c):
@@ -266,6 +267,7 @@ def test_on_stuck_carry_keeps_carving_an_uncertified_certificate(tmp_path):
         c = CRABS(builtin_system("upright"), cfg, tmp_path / mode, progress=False)
         c.startup()
         c.train_certificate = failing_update(c)
+        c.ensure_policy_certified = lambda steps: (True, 0)  # the epoch's check passes
         c.certified = True                           # a certified triple: both modes roll back
         before = {k: v.clone() for k, v in c.h.state_dict().items()}
         row = c.run_epoch()
@@ -273,7 +275,20 @@ def test_on_stuck_carry_keeps_carving_an_uncertified_certificate(tmp_path):
         for k, v in c.h.state_dict().items():
             torch.testing.assert_close(v, before[k])
         c.certified = False                          # now uncertified
+        with torch.no_grad():                        # the training policy has drifted since
+            for q in c.policy.parameters():
+                q.add_(0.1)
+        seen, safe = [], copy.deepcopy(c.safe_policy_state)
+        failing = c.train_certificate
+
+        def recording(steps, h_prev, c=c, seen=seen, failing=failing):
+            seen.append({k: v.clone() for k, v in c.policy.state_dict().items()})
+            return failing(steps, h_prev)
+
+        c.train_certificate = recording
         row = c.run_epoch()
+        from_safe = all(torch.equal(v, safe[k]) for k, v in seen[0].items())
+        assert from_safe == (mode == "carry")  # carry carves h for the policy that acts meanwhile
         changed = any(not torch.equal(v, before[k]) for k, v in c.h.state_dict().items())
         assert changed == (mode == "carry")
         assert ("dilation" in row) == (mode == "rollback")  # carry does not regrow

@@ -408,7 +408,7 @@ class CRABS:
         row.update(cert_found=found, cert_steps=steps)
         lap("certificate")
         # the policy the certificate now in force was trained (or, after a rollback, certified) for
-        pi_prev = copy.deepcopy(self.sac.state_dict()) if found or carry else pi_start
+        pi_prev = copy.deepcopy(self.sac.state_dict()) if found else pi_start
         row.update(self.optimise_policy())
         lap("policy")
         ok, psteps = self.ensure_policy_certified(cfg.barrier.max_steps)

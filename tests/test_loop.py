@@ -214,6 +214,15 @@ def test_train_margin_updates_on_near_violators_too(tmp_path):
     assert bool((u + eps <= 0).any())                 # the margin widened the batch
 
 
+def _failing_alg1(c):
+    """A stand-in for Alg. 1 that makes one real update of h (and of Adam's moments), then gives up."""
+    def failing(steps, h_prev):
+        c.adv.step(c.h, c.model, c.policy)
+        c.cert.step(c.model, c.policy, c.adv.candidates()[:8], h_prev, c.adv.candidates())
+        return False, steps
+    return failing
+
+
 def test_dilation_adapts_and_a_failed_epoch_rolls_h_back(tmp_path):
     """regrow_mode "dilate": the epoch dilates C_h before Alg. 1; if Alg. 1 is not quiet within its
     budget h is rolled back to the previous epoch's and the next dilation is halved; after a quiet
@@ -228,12 +237,7 @@ def test_dilation_adapts_and_a_failed_epoch_rolls_h_back(tmp_path):
     adam = copy.deepcopy(c.cert.opt.state_dict())
     assert adam["state"], "start-up's Alg. 1 made no update"
 
-    def failing(steps, h_prev):  # one real update of h (and of Adam's moments), then give up
-        c.adv.step(c.h, c.model, c.policy)
-        c.cert.step(c.model, c.policy, c.adv.candidates()[:8], h_prev, c.adv.candidates())
-        return False, steps
-
-    c.train_certificate = failing
+    c.train_certificate = _failing_alg1(c)
     row = c.run_epoch()
     assert row["dilation"] == 0.2 and not row["cert_found"]
     assert c.dilation == pytest.approx(0.1)
@@ -254,19 +258,12 @@ def test_on_stuck_carry_keeps_carving_an_uncertified_certificate(tmp_path):
     back."""
     from crabs.system import builtin_system
 
-    def failing_update(c):
-        def failing(steps, h_prev):  # one real update of h, then give up
-            c.adv.step(c.h, c.model, c.policy)
-            c.cert.step(c.model, c.policy, c.adv.candidates()[:8], h_prev, c.adv.candidates())
-            return False, steps
-        return failing
-
     for mode in ("rollback", "carry"):
         cfg = Config.from_dict({**TINY, "barrier": {**TINY["barrier"], "on_stuck": mode,
                                                      "regrow_mode": "dilate", "regrow_policy_steps": 5}})
         c = CRABS(builtin_system("upright"), cfg, tmp_path / mode, progress=False)
         c.startup()
-        c.train_certificate = failing_update(c)
+        c.train_certificate = _failing_alg1(c)
         c.ensure_policy_certified = lambda steps: (True, 0)  # the epoch's check passes
         c.certified = True                           # a certified triple: both modes roll back
         before = {k: v.clone() for k, v in c.h.state_dict().items()}

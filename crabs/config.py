@@ -73,6 +73,10 @@ class BarrierConfig:
                                                # near the data whose model rollouts stay safe) or
                                                # "dilate" (scale f - f(s0) by 1 - dilation: the next
                                                # level set of h's own shape)
+    regrow_accept: str = "always"              # "if_larger": a regrowth is kept only if C_h after
+                                               # Alg. 1 is larger than the previous C_h; otherwise
+                                               # Alg. 1 runs again from the previous h and policy
+                                               # (paper: no regrowth, so no such test; "always")
     dilation: float = 0.3                      # "dilate": the first epoch's dilation; it grows by
                                                # 1.25x after an epoch whose Alg. 1 went quiet and
                                                # halves after one that was rolled back (0.02 - 0.6)
@@ -257,6 +261,8 @@ def _validate(obj, where: str) -> None:
             raise ValueError(f"{where}.{f.name}: layer sizes must be positive, got {list(v)}")
     if getattr(obj, "on_stuck", "rollback") not in ("rollback", "carry"):
         raise ValueError(f"{where}.on_stuck: must be 'rollback' or 'carry', got {obj.on_stuck!r}")
+    if getattr(obj, "regrow_accept", "always") not in ("always", "if_larger"):
+        raise ValueError(f"{where}.regrow_accept: must be 'always' or 'if_larger', got {obj.regrow_accept!r}")
     if getattr(obj, "regrow_mode", "rollouts") not in ("rollouts", "dilate"):
         raise ValueError(f"{where}.regrow_mode: must be 'rollouts' or 'dilate', got {obj.regrow_mode!r}")
     if not 0.0 < getattr(obj, "dilation", 0.3) < 1.0:

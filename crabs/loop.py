@@ -340,13 +340,21 @@ class CRABS:
         self.last_eval_states = ep["states"]
         return {"eval_return": ep["return"], "eval_length": ep["length"]}
 
-    @torch.no_grad()
-    def certified_volume(self, n: int = 20000) -> float:
-        """Fraction of the state box certified (h >= 0), by uniform sampling."""
+    def box_samples(self, n: int = 20000) -> torch.Tensor:
+        """n uniform states of the state box."""
         lo = torch.as_tensor(self.sys.state_low, dtype=torch.float32)
         hi = torch.as_tensor(self.sys.state_high, dtype=torch.float32)
-        s = lo + (hi - lo) * torch.rand(n, len(lo), generator=self.tgen)
-        return float((self.h(s) >= 0).float().mean())
+        return lo + (hi - lo) * torch.rand(n, len(lo), generator=self.tgen)
+
+    @staticmethod
+    @torch.no_grad()
+    def volume_on(h: Barrier, s: torch.Tensor) -> float:
+        """Fraction of the states s that h certifies (h >= 0)."""
+        return float((h(s) >= 0).float().mean())
+
+    def certified_volume(self, n: int = 20000) -> float:
+        """Fraction of the state box certified (h >= 0), by uniform sampling."""
+        return self.volume_on(self.h, self.box_samples(n))
 
     @torch.no_grad()
     def uniform_violations(self, n: int = 20000) -> float:
@@ -390,6 +398,10 @@ class CRABS:
         pi_start = copy.deepcopy(self.sac.state_dict())  # the policy h_prev was certified for
         regrow = cfg.barrier.regrow and not carry
         dilate = regrow and cfg.barrier.regrow_mode == "dilate"
+        judge = None  # "if_larger": fixed uniform states on which the regrown C_h must beat C_h-hat
+        if regrow and cfg.barrier.regrow_accept == "if_larger":
+            judge = self.box_samples()
+            vol_prev = self.volume_on(h_prev, judge)
         if regrow:
             if dilate:
                 self.h.dilate(self.dilation)
@@ -400,6 +412,22 @@ class CRABS:
             # let the policy learn to hold the grown set before Alg. 1 carves back the rest
             self.ensure_policy_certified(cfg.barrier.regrow_policy_steps)
         found, steps = self.train_certificate(cfg.barrier.max_steps, h_prev)
+        if found and judge is not None:
+            vol = self.volume_on(self.h, judge)
+            row.update(regrow_volume=vol, prev_volume=vol_prev)
+            if vol < vol_prev:  # the regrowth lost more than it added: Alg. 1 from h-hat and pi_start
+                grown = (copy.deepcopy(self.cert.state_dict()), copy.deepcopy(self.sac.state_dict()))
+                self.cert.load_state_dict(cert_start)
+                self.sac.load_state_dict(pi_start)
+                self.adv.invalidate()
+                again, steps2 = self.train_certificate(cfg.barrier.max_steps, h_prev)
+                steps += steps2
+                undone = again and self.volume_on(self.h, judge) > vol
+                if not undone:  # the regrown certificate (certified) is still the larger one
+                    self.cert.load_state_dict(grown[0])
+                    self.sac.load_state_dict(grown[1])
+                    self.adv.invalidate()
+                row["regrowth_undone"] = undone
         if dilate:
             self.dilation = min(0.6, self.dilation * 1.25) if found else max(0.02, self.dilation / 2)
         if not found and not carry:  # roll back (facts sheet): the policy must then satisfy the

@@ -291,3 +291,52 @@ def test_on_stuck_carry_keeps_carving_an_uncertified_certificate(tmp_path):
         assert ("dilation" in row) == (mode == "rollback")  # carry does not regrow
     with pytest.raises(ValueError, match="on_stuck: must be 'rollback' or 'carry'"):
         Config.from_dict({"barrier": {"on_stuck": "retry"}})
+
+
+def test_regrow_accept_if_larger_undoes_a_regrowth_that_shrinks_C_h(tmp_path):
+    """barrier.regrow_accept "if_larger": when C_h after the regrowth and Alg. 1 is smaller than the
+    previous C_h, Alg. 1 runs again from the previous h and the previous policy, and its result is
+    kept if larger; a regrowth that leaves C_h larger is kept without a second Alg. 1."""
+    from crabs.system import builtin_system
+
+    for shrink in (True, False):
+        cfg = Config.from_dict({**TINY, "barrier": {**TINY["barrier"], "regrow_mode": "dilate",
+                                                     "dilation": 0.2, "regrow_accept": "if_larger"}})
+        c = CRABS(builtin_system("upright"), cfg, tmp_path / str(shrink), progress=False)
+        c.startup()
+        h0 = {k: v.clone() for k, v in c.h.state_dict().items()}
+        pi0 = copy.deepcopy(c.policy.state_dict())
+        seen = []
+
+        def regrowth_policy_steps(steps, c=c, seen=seen):
+            if not seen:  # the regrowth's policy steps move the policy
+                with torch.no_grad():
+                    for q in c.policy.parameters():
+                        q.add_(0.1)
+            return True, 0
+
+        def alg1(steps, h_prev, c=c, seen=seen, shrink=shrink):
+            seen.append(({k: v.clone() for k, v in c.h.state_dict().items()},
+                         copy.deepcopy(c.policy.state_dict())))
+            if shrink and len(seen) == 1:  # Alg. 1 carves away more than the regrowth added
+                with torch.no_grad():
+                    c.h.f[-1].weight.mul_(3.0)
+            return True, 10
+
+        c.ensure_policy_certified = regrowth_policy_steps
+        c.train_certificate = alg1
+        row = c.run_epoch()
+        assert row["cert_found"]
+        if shrink:
+            assert row["regrowth_undone"] and row["regrow_volume"] < row["prev_volume"]
+            assert len(seen) == 2
+            h_again, pi_again = seen[1]  # the second Alg. 1 starts from h-hat and pi_start
+            assert all(torch.equal(v, h0[k]) for k, v in h_again.items())
+            assert all(torch.equal(v, pi0[k]) for k, v in pi_again.items())
+            assert all(torch.equal(v, h0[k]) for k, v in c.h.state_dict().items())
+        else:
+            assert "regrowth_undone" not in row and row["regrow_volume"] >= row["prev_volume"]
+            assert len(seen) == 1
+            assert any(not torch.equal(v, h0[k]) for k, v in c.h.state_dict().items())
+    with pytest.raises(ValueError, match="regrow_accept: must be 'always' or 'if_larger'"):
+        Config.from_dict({"barrier": {"regrow_accept": "bigger"}})

@@ -183,7 +183,7 @@ class CRABS:
         hi = torch.as_tensor(self.sys.state_high, dtype=torch.float32)
         half = (hi - lo) / 2
         data = self.buffer.all()["s"]
-        s = lo + (hi - lo) * torch.rand(bc.init_samples, len(lo), generator=self.tgen)
+        s = self.box_samples(bc.init_samples)
         if not regrow:
             s = torch.cat([s, data])
             pos = model_safe_rollouts(self.model, self.policy, self.sys.spec, s, bc.init_rollout_steps)

@@ -48,7 +48,8 @@ class BarrierConfig:
     reg_states: str = "candidates"             # where Reg's expectation over S is taken: "candidates"
                                                # (the MALA pool, the paper's approximation) or
                                                # "certified" (uniform states of the previous C_h)
-    reg_samples: int = 1024                    # states per update with reg_states = "certified"
+                                               # or "visited" (replay states inside the previous C_h)
+    reg_samples: int = 1024                    # states per update with reg_states != "candidates"
     eps: float = 0.01                          # release: violating means U + eps > 0 (Swing 0.01)
     train_margin: float = 0.0                  # once the adversary finds a state with U + eps > 0,
                                                # Alg. 1 updates on all with U + eps + margin > 0, so
@@ -131,6 +132,8 @@ class SACConfig:
     init_alpha: float = 0.1
     target_entropy: float | None = None        # None: -dim(A), the paper's choice
     big_c: float = 1000.0                      # release: C = 1000 in Q-hat
+    clip_target: bool = False                  # clip Eq. (11)'s bootstrap to the soft values the
+                                               # rewards seen allow (paper: no clip)
     steps_per_epoch: int = 1000                # paper: 2000
     adv_every: int = 4                         # an adversarial policy step every n SAC steps
     adv_coef: float = 1.0
@@ -269,8 +272,9 @@ def _validate(obj, where: str) -> None:
         raise ValueError(f"{where}.dilation: must be in (0, 1), got {obj.dilation}")
     if not 0.0 <= getattr(obj, "refresh_frac", 0.0) <= 1.0:
         raise ValueError(f"{where}.refresh_frac: must be in [0, 1], got {obj.refresh_frac}")
-    if getattr(obj, "reg_states", "candidates") not in ("candidates", "certified"):
-        raise ValueError(f"{where}.reg_states: must be 'candidates' or 'certified', got {obj.reg_states!r}")
+    if getattr(obj, "reg_states", "candidates") not in ("candidates", "certified", "visited"):
+        raise ValueError(f"{where}.reg_states: must be 'candidates', 'certified' or 'visited', "
+                         f"got {obj.reg_states!r}")
 
 
 CONFIG_DIR = Path(__file__).parent / "configs"

@@ -132,9 +132,10 @@ class CRABS:
         self.dyn.train(self.buffer, cfg.dynamics.init_steps, self.rng)
         self.refresh_support()
         info = self.init_certificate()
-        # the paper's pre-training has no reference certificate; with reg_states = "certified" the
-        # fitted one is kept as the reference set, so Alg. 1 carves it rather than redraws it
-        ref = self.cert.snapshot() if cfg.barrier.reg_states == "certified" else None
+        # the paper's pre-training has no reference certificate; with reg_states other than
+        # "candidates" the fitted one is kept as the reference set, so Alg. 1 carves it rather than
+        # redraws it
+        ref = self.cert.snapshot() if cfg.barrier.reg_states != "candidates" else None
         found, steps = self.train_certificate(cfg.barrier.pretrain_steps, h_prev=ref)
         self.certified = found and self.check_certified(self.cfg.barrier.quiet_steps)
         return {"startup_return": float(np.mean([e["return"] for e in eps])),
@@ -238,7 +239,7 @@ class CRABS:
     def train_certificate(self, max_steps: int, h_prev: Barrier | None) -> tuple[bool, int]:
         """Alg. 1: MALA adversary + Eq. (4)/(5) updates until the adversary is quiet."""
         bc = self.cfg.barrier
-        pool = self.reference_states(h_prev) if bc.reg_states == "certified" else None
+        pool = self.reference_states(h_prev) if bc.reg_states != "candidates" else None
 
         def update(w):
             if len(w) > bc.max_batch:
@@ -259,11 +260,20 @@ class CRABS:
         return s[h(s) >= 0]
 
     def reference_states(self, h_prev: Barrier | None) -> torch.Tensor | None:
-        """States for Reg's expectation over S (Sec. 4.2) with ``reg_states = "certified"``: uniform
-        samples of the previous certified set C_h-hat."""
+        """States for Reg's expectation over S (Sec. 4.2) when ``reg_states`` is not the paper's
+        "candidates": uniform samples of the previous certified set C_h-hat ("certified"), or the
+        replay buffer's states that lie in C_h-hat ("visited": only where there is data)."""
         if h_prev is None:
             return None
-        s = self.certified_samples(h_prev)
+        if self.cfg.barrier.reg_states == "visited":
+            if not len(self.buffer):
+                return None
+            d = self.buffer.all()
+            s = torch.cat([d["s"], d["s2"]])
+            with torch.no_grad():
+                s = s[h_prev(s) >= 0]
+        else:
+            s = self.certified_samples(h_prev)
         return s if len(s) else None
 
     def ensure_policy_certified(self, max_steps: int) -> tuple[bool, int]:

@@ -4,6 +4,10 @@
   U(s, a, h) <= 0 and -C - U(s, a, h) elsewhere, so proposals that would leave C_h are pushed back.
 * Critic loss (Eq. 11): the TD error only where the next action a' ~ pi_expl(s') is certified,
   U(s', a', h) <= 0 (Alg. 3 would reject the others); twin Q, target networks, soft target.
+  With ``clip_target`` the bootstrap min Q_targ(s', a') is clipped to the range a soft value can
+  take given the rewards seen so far, [r_lo - alpha max(log pi, 0), r_hi + alpha dim(A) log 2] /
+  (1 - gamma) (dim(A) log 2 is the entropy of the uniform law on [-1, 1]^dim(A), the most a
+  tanh-squashed policy can have), so an over-estimate cannot feed on itself.
 * Temperature (Eq. 12) learned toward the target entropy -dim(A).
 * Adversarial step: minimise the mean of U(s*, pi(s*), h) over the adversarial states s* (the
   gradient of C* w.r.t. the policy parameters, Sec. 4.4).
@@ -47,6 +51,7 @@ class ConstrainedSAC:
         self.pi_opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
         self.q_opt = torch.optim.Adam(self.q.parameters(), lr=cfg.lr)
         self.a_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr)
+        self.r_range = [math.inf, -math.inf]  # rewards seen by the critic, for ``clip_target``
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -60,7 +65,10 @@ class ConstrainedSAC:
         with torch.no_grad():
             a2, logp2 = self.policy.sample(s2)
             q1t, q2t = self.q_targ(s2, a2)
-            target = r + self.cfg.gamma * (1 - done) * (torch.min(q1t, q2t) - alpha * logp2)
+            q_next = torch.min(q1t, q2t)
+            if self.cfg.clip_target:
+                q_next = q_next.clamp(*self.value_range(r, logp2, alpha))
+            target = r + self.cfg.gamma * (1 - done) * (q_next - alpha * logp2)
             mask = (U(h, model, s2, a2) <= 0).float()
         q1, q2 = self.q(s, a)
         denom = mask.sum().clamp_min(1.0)
@@ -90,6 +98,15 @@ class ConstrainedSAC:
         return {"q_loss": float(q_loss.detach()), "pi_loss": float(pi_loss.detach()), "alpha": float(alpha),
                 "certified_frac": float((u <= 0).float().mean()), "mask_frac": float(mask.mean())}
 
+    def value_range(self, r: torch.Tensor, logp: torch.Tensor, alpha: torch.Tensor) -> tuple[float, float]:
+        """Bounds of a soft value under the rewards seen so far (``clip_target``, see above)."""
+        self.r_range = [min(self.r_range[0], float(r.min())), max(self.r_range[1], float(r.max()))]
+        g = 1.0 / (1.0 - self.cfg.gamma)
+        a = float(alpha)
+        lo = (self.r_range[0] - a * max(float(logp.max()), 0.0)) * g
+        hi = (self.r_range[1] + a * self.policy.act_dim * math.log(2.0)) * g
+        return lo, hi
+
     def adversarial_step(self, s_star: torch.Tensor, h, model, coef: float = 1.0) -> float:
         """Line 6 of Algorithm 4: minimise mean U(s*, pi(s*), h) over the policy's parameters."""
         if len(s_star) == 0:
@@ -107,7 +124,7 @@ class ConstrainedSAC:
         return {"policy": self.policy.state_dict(), "q": self.q.state_dict(),
                 "q_targ": self.q_targ.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
                 "pi_opt": self.pi_opt.state_dict(), "q_opt": self.q_opt.state_dict(),
-                "a_opt": self.a_opt.state_dict()}
+                "a_opt": self.a_opt.state_dict(), "r_range": torch.tensor(self.r_range, dtype=torch.float64)}
 
     def load_state_dict(self, d: dict) -> None:
         self.policy.load_state_dict(d["policy"])
@@ -118,3 +135,5 @@ class ConstrainedSAC:
         self.pi_opt.load_state_dict(d["pi_opt"])
         self.q_opt.load_state_dict(d["q_opt"])
         self.a_opt.load_state_dict(d["a_opt"])
+        if "r_range" in d:  # absent from checkpoints written before clip_target existed
+            self.r_range = [float(v) for v in d["r_range"]]

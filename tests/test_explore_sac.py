@@ -2,8 +2,10 @@
 target (Eq. 11) ignores transitions whose next action is not certified."""
 
 import copy
+import math
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -111,3 +113,35 @@ def test_q_hat_penalises_uncertified_policy_actions():
         sac.update(batch, h, model)
     after = float(policy.mean_action(s[:1]).detach()[0, 0])
     assert after < before  # the mean action moved away from the boundary
+
+
+def test_clip_target_keeps_an_overestimating_target_network_from_feeding_the_critic():
+    """sac.clip_target: the bootstrap of Eq. (11) is clipped to the soft values the rewards seen
+    allow, (r_hi + alpha dim(A) log 2) / (1 - gamma) at most, so an over-estimating target network
+    cannot drag Q up; without the clip (the paper's update) Q follows it."""
+    h, model = BandH(), PushModel()
+    g = torch.Generator().manual_seed(0)
+    n = 256
+    s = torch.rand(n, 2, generator=g) - 0.5
+    batch = {"s": s, "a": torch.rand(n, 1, generator=g) - 0.5, "r": -torch.rand(n, generator=g),
+             "s2": s.clone(), "done": torch.zeros(n)}
+    q_after = {}
+    for clip in (False, True):
+        torch.manual_seed(0)
+        policy = TanhGaussianPolicy(2, 1, (16,))
+        sac = ConstrainedSAC(policy, SACConfig(critic_hidden=(32,), lr=1e-2, tau=0.0, clip_target=clip))
+        with torch.no_grad():
+            for q in (sac.q_targ.q1, sac.q_targ.q2):
+                q[-1].bias.fill_(1e3)  # a target network that over-estimates by 10^3
+        for _ in range(300):
+            sac.update(batch, h, model)
+        with torch.no_grad():
+            q_after[clip] = float(sac.q(batch["s"], batch["a"])[0].mean())
+        if clip:
+            assert -1.0 <= sac.r_range[0] <= sac.r_range[1] <= 0.0
+            lo, hi = sac.value_range(batch["r"], torch.zeros(1), sac.alpha.detach())
+            assert hi == pytest.approx((sac.r_range[1] + float(sac.alpha.detach()) * math.log(2.0)) * 100)
+            assert lo == pytest.approx(sac.r_range[0] * 100)
+    assert q_after[False] > 200  # the paper's update follows the bad target
+    bound = 100 * (0.0 + 0.1 * math.log(2.0))  # r <= 0, alpha <= its start 0.1, gamma 0.99
+    assert q_after[True] < bound + 1.0

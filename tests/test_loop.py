@@ -157,9 +157,32 @@ def test_regulariser_states_of_the_previous_certified_set(tmp_path):
         assert s.shape == (64, 2) and bool((h_prev(s) >= 0).all())
 
 
+def test_regulariser_states_visited_are_replay_states_in_the_previous_certified_set(tmp_path):
+    """reg_states = "visited": Reg (Sec. 4.2) is taken over the replay buffer's states (s and s')
+    that lie in the previous C_h, so it holds h up only where there is data."""
+    from crabs.system import builtin_system
+
+    cfg = Config.from_dict({**TINY, "barrier": {**TINY["barrier"], "reg_states": "visited"}})
+    c = CRABS(builtin_system("upright"), cfg, tmp_path, progress=False)
+    h_prev = c.cert.snapshot()
+    assert c.reference_states(h_prev) is None  # no data yet
+    g = torch.Generator().manual_seed(0)
+    low, high = torch.as_tensor(c.sys.state_low).float(), torch.as_tensor(c.sys.state_high).float()
+    s = low + (high - low) * torch.rand(300, 2, generator=g)  # spread over the box: some in C_h
+    s2 = s + 0.01
+    c.buffer.add_many(s.numpy(), torch.zeros(300, 1).numpy(), torch.zeros(300).numpy(), s2.numpy(),
+                      torch.zeros(300).numpy())
+    data = torch.cat([s, s2])
+    pool = c.reference_states(h_prev)
+    inside = h_prev(data) >= 0
+    assert 0 < int(inside.sum()) < len(data)
+    assert len(pool) == int(inside.sum()) and bool((h_prev(pool) >= 0).all())
+    assert bool((pool[:, None, :] == data[inside][None]).all(-1).any(1).all())  # exactly those states
+
+
 def test_reg_states_is_checked():
     assert Config().barrier.reg_states == "candidates"  # the paper's approximation is the default
-    with pytest.raises(ValueError, match="reg_states: must be 'candidates' or 'certified'"):
+    with pytest.raises(ValueError, match="reg_states: must be 'candidates', 'certified' or 'visited'"):
         Config.from_dict({"barrier": {"reg_states": "everywhere"}})
 
 

@@ -130,6 +130,7 @@ class SACConfig:
     gamma: float = 0.99                        # paper: 0.99
     tau: float = 0.005                         # paper: 0.005
     init_alpha: float = 0.1
+    learn_alpha: bool = True                   # Eq. (12) (the paper's); false keeps alpha = init_alpha
     target_entropy: float | None = None        # None: -dim(A), the paper's choice
     big_c: float = 1000.0                      # release: C = 1000 in Q-hat
     clip_target: bool = False                  # clip Eq. (11)'s bootstrap to the soft values the

@@ -8,7 +8,8 @@
   take given the rewards seen so far, [r_lo - alpha max(log pi, 0), r_hi + alpha dim(A) log 2] /
   (1 - gamma) (dim(A) log 2 is the entropy of the uniform law on [-1, 1]^dim(A), the most a
   tanh-squashed policy can have), so an over-estimate cannot feed on itself.
-* Temperature (Eq. 12) learned toward the target entropy -dim(A).
+* Temperature (Eq. 12) learned toward the target entropy -dim(A), unless ``learn_alpha`` is off
+  (alpha then stays at ``init_alpha``).
 * Adversarial step: minimise the mean of U(s*, pi(s*), h) over the adversarial states s* (the
   gradient of C* w.r.t. the policy parameters, Sec. 4.4).
 """
@@ -86,10 +87,11 @@ class ConstrainedSAC:
         pi_loss.backward()
         self.pi_opt.step()
         # temperature (Eq. 12)
-        a_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
-        self.a_opt.zero_grad(set_to_none=True)
-        a_loss.backward()
-        self.a_opt.step()
+        if self.cfg.learn_alpha:
+            a_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+            self.a_opt.zero_grad(set_to_none=True)
+            a_loss.backward()
+            self.a_opt.step()
         self.q.zero_grad(set_to_none=True)  # the policy loss left grads on Q
         # target networks (line 7)
         with torch.no_grad():

@@ -145,3 +145,19 @@ def test_clip_target_keeps_an_overestimating_target_network_from_feeding_the_cri
     assert q_after[False] > 200  # the paper's update follows the bad target
     bound = 100 * (0.0 + 0.1 * math.log(2.0))  # r <= 0, alpha <= its start 0.1, gamma 0.99
     assert q_after[True] < bound + 1.0
+
+
+def test_learn_alpha_off_keeps_the_temperature_fixed():
+    """sac.learn_alpha: Eq. (12) moves alpha toward the target entropy (the paper's); off, alpha
+    stays at init_alpha."""
+    h, model = BandH(), PushModel()
+    s = torch.zeros(64, 2)
+    batch = {"s": s, "a": torch.zeros(64, 1), "r": torch.zeros(64), "s2": s.clone(), "done": torch.zeros(64)}
+    for learn in (True, False):
+        torch.manual_seed(0)
+        sac = ConstrainedSAC(TanhGaussianPolicy(2, 1, (16,)),
+                             SACConfig(critic_hidden=(16,), init_alpha=0.01, learn_alpha=learn, lr=1e-2))
+        for _ in range(20):
+            info = sac.update(batch, h, model)
+        moved = abs(float(sac.alpha.detach()) - 0.01) > 1e-4
+        assert moved == learn and (learn or info["alpha"] == pytest.approx(0.01))

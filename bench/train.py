@@ -43,7 +43,8 @@ def main() -> int:
         rows.append(ok)
         print(f"{args.task} seed {seed}: violations {s['violations']}, final return "
               f"{s['final_eval_return']:.4g}, wall-clock {s['wall_clock_s'] / 60:.1f} min, env steps "
-              f"{s['env_steps']}, certified volume {s['certified_volume']:.3f} -> {'PASS' if ok else 'FAIL'}",
+              f"{s['env_steps']}, certified volume {s['certified_volume']:.3f}, model failures "
+              f"{s.get('model_failures', '?')} -> {'PASS' if ok else 'FAIL'}",
               flush=True)
         if args.task in ("upright", "tilt"):  # is every certified state truly viable?
             from crabs.judge import judge_run

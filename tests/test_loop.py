@@ -2,6 +2,7 @@
 interruption continuing the same counters."""
 
 import copy
+import csv
 import json
 
 import pytest
@@ -33,9 +34,12 @@ def test_smoke_run_is_safe_and_complete(tiny_run):
     out, summary = tiny_run
     assert summary["violations"] == 0
     assert summary["epochs"] == 2 and summary["task"] == "upright"
-    for key in ("env_steps", "episodes", "final_eval_return", "certified_volume", "wall_clock_s", "seed"):
+    for key in ("env_steps", "episodes", "final_eval_return", "certified_volume", "wall_clock_s", "seed",
+                "model_failures"):
         assert key in summary
     assert json.loads((out / "summary.json").read_text()) == summary
+    with open(out / "metrics.csv") as fh:  # the summary's model failures are the epochs' total
+        assert summary["model_failures"] == sum(int(r["model_failures"] or 0) for r in csv.DictReader(fh))
     for f in ("config.yaml", "metrics.csv", "ledger.jsonl", "figure2.png", "figure3.png",
               "checkpoints/last.pt", "checkpoints/policy.pt"):
         assert (out / f).exists(), f

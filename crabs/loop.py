@@ -653,8 +653,9 @@ def train(system: str | System | None, config: Config | None = None, out: str | 
                "mean_return": float(np.mean([r["eval_return"] for r in crabs.log.rows
                                              if "eval_return" in r])),
                "certified_volume": crabs.certified_volume(), "epochs": crabs.epoch,
-               # real next states outside C_h that every ensemble member put inside (Alg. 3's
-               # accepted actions): a broken link of the guarantee even when no violation follows
+               # exploration steps whose action had U <= 0 (every ensemble member put s' in C_h)
+               # and whose real s' fell outside C_h: a broken link of the guarantee (model
+               # calibration) even when no violation follows
                "model_failures": int(sum(r.get("model_failures", 0) for r in crabs.log.rows)),
                "certified": crabs.certified,
                "wall_clock_s": round(time.time() - started + crabs.prior_wall_clock(), 1)}

@@ -149,6 +149,8 @@ class ExploreConfig:
     episodes_per_epoch: int = 1                # paper: 1 (Upright/Tilt/Move), 6 (Swing)
     uniform_episodes: int = 0                  # Swing: 2 with uniform proposals
     noisy_episodes: int = 0                    # Swing: 2 with extra noise
+    u_margin: float = 0.0                      # Alg. 3 takes the first proposal with U <= -u_margin;
+                                               # paper: 0 (docs/config.md)
 
 
 @dataclass
@@ -273,6 +275,8 @@ def _validate(obj, where: str) -> None:
         raise ValueError(f"{where}.dilation: must be in (0, 1), got {obj.dilation}")
     if not 0.0 <= getattr(obj, "refresh_frac", 0.0) <= 1.0:
         raise ValueError(f"{where}.refresh_frac: must be in [0, 1], got {obj.refresh_frac}")
+    if getattr(obj, "u_margin", 0.0) < 0:
+        raise ValueError(f"{where}.u_margin: must be >= 0, got {obj.u_margin}")
     if getattr(obj, "reg_states", "candidates") not in ("candidates", "certified", "visited"):
         raise ValueError(f"{where}.reg_states: must be 'candidates', 'certified' or 'visited', "
                          f"got {obj.reg_states!r}")

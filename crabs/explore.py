@@ -4,6 +4,11 @@ n proposals a_i = tanh(mu(s) + sigma(s) c_i zeta_i) from the exploration policy;
 U(s, a_i, h) <= 0 is taken (the paper's "<= 1" is a typo: staying in C_h means U <= 0), else the
 safeguard pi(s) = tanh(mu(s)). With ``noise_decay`` the scales c_i fall log-uniformly from 1 to
 1e-3 (the authors' release), so the first certified proposal is the most exploratory one.
+
+That choice selects for the model's optimistic errors: of the proposals the model puts inside C_h,
+the one taken is the most novel, where the ensemble is least reliable. ``margin`` delta >= 0 (a
+departure; the paper's is 0) takes the first proposal with U <= -delta instead, so every member's
+next state must lie at h >= delta; the safeguard's action is taken as before.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ class ExploreResult:
 @torch.no_grad()
 def safeguarded_action(s: np.ndarray, policy, h, model, n: int = 100, noise_decay: bool = True,
                        uniform: bool = False, noise_scale: float = 1.0,
-                       gen: torch.Generator | None = None) -> ExploreResult:
+                       gen: torch.Generator | None = None, margin: float = 0.0) -> ExploreResult:
     """Algorithm 3 for one state. ``uniform`` draws proposals uniformly from [-1, 1] instead (the
     Swing schedule's random-proposal episodes); ``noise_scale`` widens pi_expl's noise."""
     st = torch.as_tensor(s, dtype=torch.float32)[None]
@@ -39,7 +44,9 @@ def safeguarded_action(s: np.ndarray, policy, h, model, n: int = 100, noise_deca
         zeta = torch.randn(n, k, generator=gen)
         props = torch.tanh(mu + noise_scale * c[:, None] * log_std.exp() * zeta)
     u = U(h, model, st.expand(n, -1), props)
-    ok = torch.nonzero(u <= 0).flatten()
+    if margin < 0:
+        raise ValueError(f"the exploration margin must be >= 0, got {margin}")
+    ok = torch.nonzero(u <= -margin).flatten()
     if len(ok):
         i = int(ok[0])
         return ExploreResult(props[i].double().numpy(), False, float(u[i]))

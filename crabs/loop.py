@@ -83,14 +83,19 @@ class CRABS:
         s, _ = env.reset()
         ret, n_guard, n, fails, states = 0.0, 0, 0, 0, [s]
         while True:
-            a, guard, predicted_inside = choose(s)
+            a, guard, u = choose(s)  # u: U(s, a, h) under the model, None if not checked
             s2, r, term, trunc, info = env.step(a)
             if add:
                 self.buffer.add(s, a, r, s2, float(info["cost"] > 0))
-            if predicted_inside is not None and predicted_inside:
+            if u is not None and u <= 0:
                 with torch.no_grad():
-                    if float(self.h(torch.as_tensor(s2, dtype=torch.float32))) < 0:
-                        fails += 1  # a model failure: predicted in C_h, really outside
+                    h2 = float(self.h(torch.as_tensor(s2, dtype=torch.float32)))
+                    if h2 < 0:  # a model failure: predicted in C_h, really outside
+                        fails += 1
+                        env.note("model_failure", U=u, safeguard=bool(guard), h_next=h2,
+                                 h_state=float(self.h(torch.as_tensor(s, dtype=torch.float32))),
+                                 state=np.asarray(s).tolist(), action=np.asarray(a).reshape(-1).tolist(),
+                                 next_state=np.asarray(s2).tolist())
             ret += float(r)
             n += 1
             n_guard += int(guard)
@@ -310,10 +315,11 @@ class CRABS:
                         with torch.no_grad():
                             u = float(U(self.h, self.model, torch.as_tensor(s, dtype=torch.float32)[None],
                                         torch.as_tensor(a, dtype=torch.float32)[None])[0])
-                        return a, True, u <= 0
+                        return a, True, u
                     res = safeguarded_action(s, self.policy, self.h, self.model, ec.n, ec.noise_decay,
-                                             uniform=kind == "uniform", noise_scale=scale, gen=self.tgen)
-                    return res.action, res.safeguard, res.U <= 0
+                                             uniform=kind == "uniform", noise_scale=scale, gen=self.tgen,
+                                             margin=ec.u_margin)
+                    return res.action, res.safeguard, res.U
                 eps.append(self._episode(env, choose))
         finally:
             env.close()

@@ -367,3 +367,24 @@ def test_regrow_accept_if_larger_undoes_a_regrowth_that_shrinks_C_h(tmp_path):
             assert any(not torch.equal(v, h0[k]) for k, v in c.h.state_dict().items())
     with pytest.raises(ValueError, match="regrow_accept: must be 'always' or 'if_larger'"):
         Config.from_dict({"barrier": {"regrow_accept": "bigger"}})
+
+
+def test_model_failures_are_counted_and_written_to_the_ledger(tmp_path):
+    """A step whose action the model put inside C_h (U <= 0) but whose real next state lies outside
+    (h < 0) is a model failure: counted in the episode and written to the ledger with U, h and the
+    transition; steps without a model check (U None) or with U > 0 are not failures."""
+    from crabs.system import builtin_system
+
+    crabs = CRABS(builtin_system("upright"), Config.from_dict(TINY), tmp_path, progress=False)
+    crabs.h = lambda x: -torch.ones(x.shape[:-1])  # every real state is outside C_h
+    us = iter([-0.5, None, 0.3] * 1000)
+    env = crabs._env("explore")
+    ep = crabs._episode(env, lambda s: (crabs._mean_act(s), False, next(us)), add=False)
+    env.close()
+    expected = len(range(0, ep["length"], 3))
+    assert ep["model_failures"] == expected > 0
+    notes = [r for r in read_ledger(tmp_path / "ledger.jsonl") if r["event"] == "model_failure"]
+    assert len(notes) == expected
+    assert notes[0]["U"] == -0.5 and notes[0]["h_next"] == -1.0 and notes[0]["tag"] == "explore"
+    assert notes[0]["safeguard"] is False and len(notes[0]["next_state"]) == len(notes[0]["state"])
+    assert crabs.counters.violations == 0  # a note never touches the counters

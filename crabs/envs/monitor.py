@@ -80,6 +80,12 @@ class SafetyMonitor(gym.Wrapper):
         self._ledger.flush()
         os.fsync(self._ledger.fileno())
 
+    def note(self, event: str, **fields) -> None:
+        """Append a record of the caller's own (e.g. a model failure) to the ledger, with this
+        monitor's tag and the current counters; the counters themselves are not touched."""
+        self._write({"event": event, "episode": self.counters.episodes + 1,
+                     "env_steps": self.counters.env_steps, "episode_step": self._ep_len, **fields})
+
     def _end_episode(self, reason: str) -> None:
         self.counters.episodes += 1
         self._write({"event": "episode", "episode": self.counters.episodes,

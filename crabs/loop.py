@@ -79,7 +79,7 @@ class CRABS:
         return SafetyMonitor(self.sys.make_env(), self.sys.spec, ledger=self.dir / "ledger.jsonl",
                              counters=self.counters, tag=tag)
 
-    def _episode(self, env: SafetyMonitor, choose, add: bool = True) -> dict:
+    def _episode(self, env: SafetyMonitor, choose, add: bool = True, label: str = "") -> dict:
         s, _ = env.reset()
         ret, n_guard, n, fails, states = 0.0, 0, 0, 0, [s]
         while True:
@@ -92,7 +92,7 @@ class CRABS:
                     h2 = float(self.h(torch.as_tensor(s2, dtype=torch.float32)))
                     if h2 < 0:  # a model failure: predicted in C_h, really outside
                         fails += 1
-                        env.note("model_failure", U=u, safeguard=bool(guard), h_next=h2,
+                        env.note("model_failure", kind=label, U=u, safeguard=bool(guard), h_next=h2,
                                  h_state=float(self.h(torch.as_tensor(s, dtype=torch.float32))),
                                  state=np.asarray(s).tolist(), action=np.asarray(a).reshape(-1).tolist(),
                                  next_state=np.asarray(s2).tolist())
@@ -320,7 +320,9 @@ class CRABS:
                                              uniform=kind == "uniform", noise_scale=scale, gen=self.tgen,
                                              margin=ec.u_margin)
                     return res.action, res.safeguard, res.U
-                eps.append(self._episode(env, choose))
+                label = (("uniform" if kind == "uniform" else f"policy, noise x{scale:g}")
+                         if explore_ok else "last certified policy")
+                eps.append(self._episode(env, choose, label=label))
         finally:
             env.close()
         new = self.buffer.index(np.arange(n0, len(self.buffer)))

@@ -379,12 +379,13 @@ def test_model_failures_are_counted_and_written_to_the_ledger(tmp_path):
     crabs.h = lambda x: -torch.ones(x.shape[:-1])  # every real state is outside C_h
     us = iter([-0.5, None, 0.3] * 1000)
     env = crabs._env("explore")
-    ep = crabs._episode(env, lambda s: (crabs._mean_act(s), False, next(us)), add=False)
+    ep = crabs._episode(env, lambda s: (crabs._mean_act(s), False, next(us)), add=False, label="uniform")
     env.close()
     expected = len(range(0, ep["length"], 3))
     assert ep["model_failures"] == expected > 0
     notes = [r for r in read_ledger(tmp_path / "ledger.jsonl") if r["event"] == "model_failure"]
     assert len(notes) == expected
     assert notes[0]["U"] == -0.5 and notes[0]["h_next"] == -1.0 and notes[0]["tag"] == "explore"
+    assert notes[0]["kind"] == "uniform"
     assert notes[0]["safeguard"] is False and len(notes[0]["next_state"]) == len(notes[0]["state"])
     assert crabs.counters.violations == 0  # a note never touches the counters

@@ -34,6 +34,8 @@ def safeguarded_action(s: np.ndarray, policy, h, model, n: int = 100, noise_deca
                        gen: torch.Generator | None = None, margin: float = 0.0) -> ExploreResult:
     """Algorithm 3 for one state. ``uniform`` draws proposals uniformly from [-1, 1] instead (the
     Swing schedule's random-proposal episodes); ``noise_scale`` widens pi_expl's noise."""
+    if margin < 0:
+        raise ValueError(f"the exploration margin must be >= 0, got {margin}")
     st = torch.as_tensor(s, dtype=torch.float32)[None]
     mu, log_std = policy(st)
     k = mu.shape[-1]
@@ -44,8 +46,6 @@ def safeguarded_action(s: np.ndarray, policy, h, model, n: int = 100, noise_deca
         zeta = torch.randn(n, k, generator=gen)
         props = torch.tanh(mu + noise_scale * c[:, None] * log_std.exp() * zeta)
     u = U(h, model, st.expand(n, -1), props)
-    if margin < 0:
-        raise ValueError(f"the exploration margin must be >= 0, got {margin}")
     ok = torch.nonzero(u <= -margin).flatten()
     if len(ok):
         i = int(ok[0])

@@ -32,6 +32,8 @@ class DynamicsConfig:
     min_log_std: float = -10.0                 # release
     bound_coef: float = 0.001                  # release: loss += coef * (max_log_std - min_log_std)
     holdout: float = 0.1                       # fraction of new data kept for the prediction error
+    region_std: float = 0.0                    # > 0: U's region is each member's mean moved c sigma
+                                               # to its worst box corner; paper: the K means (0)
     support_radius: float = 0.0                # > 0: the model is trusted only within this distance of
                                                # its data (box half-widths, max norm); paper: no such
                                                # limit (0)
@@ -149,8 +151,8 @@ class ExploreConfig:
     episodes_per_epoch: int = 1                # paper: 1 (Upright/Tilt/Move), 6 (Swing)
     uniform_episodes: int = 0                  # Swing: 2 with uniform proposals
     noisy_episodes: int = 0                    # Swing: 2 with extra noise
-    u_margin: float = 0.0                      # Alg. 3 takes the first proposal with U <= -u_margin;
-                                               # paper: 0 (docs/config.md)
+    region_std: float = 0.0                    # > 0: Alg. 3 checks proposals with U over the members'
+                                               # mean +- c sigma boxes; paper: the K means (0)
 
 
 @dataclass
@@ -275,8 +277,8 @@ def _validate(obj, where: str) -> None:
         raise ValueError(f"{where}.dilation: must be in (0, 1), got {obj.dilation}")
     if not 0.0 <= getattr(obj, "refresh_frac", 0.0) <= 1.0:
         raise ValueError(f"{where}.refresh_frac: must be in [0, 1], got {obj.refresh_frac}")
-    if getattr(obj, "u_margin", 0.0) < 0:
-        raise ValueError(f"{where}.u_margin: must be >= 0, got {obj.u_margin}")
+    if getattr(obj, "region_std", 0.0) < 0:
+        raise ValueError(f"{where}.region_std: must be >= 0, got {obj.region_std}")
     if getattr(obj, "reg_states", "candidates") not in ("candidates", "certified", "visited"):
         raise ValueError(f"{where}.reg_states: must be 'candidates', 'certified' or 'visited', "
                          f"got {obj.reg_states!r}")

@@ -73,6 +73,16 @@ class Ensemble(nn.Module):
         nxt = s.reshape(1, -1, self.obs_dim) + self.out_mean + self.out_std * mu
         return nxt.reshape(self.k, *batch, self.obs_dim)
 
+    def means_and_stds(self, s: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The K predicted next states and each member's predicted std (Eq. 6's sigma_i, in state
+        units), both of shape (K, *batch, obs)."""
+        batch = s.shape[:-1]
+        x = torch.cat([s, a], -1).reshape(1, -1, self.obs_dim + self.act_dim)
+        mu, log_std = self._stats(x.expand(self.k, -1, -1))
+        nxt = s.reshape(1, -1, self.obs_dim) + self.out_mean + self.out_std * mu
+        std = self.out_std * log_std.exp()
+        return nxt.reshape(self.k, *batch, self.obs_dim), std.reshape(self.k, *batch, self.obs_dim)
+
     def nll(self, s: torch.Tensor, a: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
         """Eq. (6) for batches of shape (K, B, .), one minibatch per model; plus the bound penalty."""
         mu, log_std = self._stats(torch.cat([s, a], -1))

@@ -6,9 +6,10 @@ safeguard pi(s) = tanh(mu(s)). With ``noise_decay`` the scales c_i fall log-unif
 1e-3 (the authors' release), so the first certified proposal is the most exploratory one.
 
 That choice selects for the model's optimistic errors: of the proposals the model puts inside C_h,
-the one taken is the most novel, where the ensemble is least reliable. ``margin`` delta >= 0 (a
-departure; the paper's is 0) takes the first proposal with U <= -delta instead, so every member's
-next state must lie at h >= delta; the safeguard's action is taken as before.
+the one taken is the most novel, where the ensemble is least reliable. ``region_std`` c > 0 (a
+departure; the paper's is 0) checks the proposals with U over each member's worst corner of
+mean_i +- c sigma_i (``barrier.U``) instead, so a proposal is taken only where the model is sure
+enough that it stays in C_h; the safeguard's action is taken as before.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ class ExploreResult:
 @torch.no_grad()
 def safeguarded_action(s: np.ndarray, policy, h, model, n: int = 100, noise_decay: bool = True,
                        uniform: bool = False, noise_scale: float = 1.0,
-                       gen: torch.Generator | None = None, margin: float = 0.0) -> ExploreResult:
+                       gen: torch.Generator | None = None, region_std: float = 0.0) -> ExploreResult:
     """Algorithm 3 for one state. ``uniform`` draws proposals uniformly from [-1, 1] instead (the
     Swing schedule's random-proposal episodes); ``noise_scale`` widens pi_expl's noise."""
-    if margin < 0:
-        raise ValueError(f"the exploration margin must be >= 0, got {margin}")
+    if region_std < 0:
+        raise ValueError(f"region_std must be >= 0, got {region_std}")
     st = torch.as_tensor(s, dtype=torch.float32)[None]
     mu, log_std = policy(st)
     k = mu.shape[-1]
@@ -45,8 +46,9 @@ def safeguarded_action(s: np.ndarray, policy, h, model, n: int = 100, noise_deca
         c = torch.logspace(0, -3, n) if noise_decay else torch.ones(n)
         zeta = torch.randn(n, k, generator=gen)
         props = torch.tanh(mu + noise_scale * c[:, None] * log_std.exp() * zeta)
-    u = U(h, model, st.expand(n, -1), props)
-    ok = torch.nonzero(u <= -margin).flatten()
+    c = max(region_std, getattr(getattr(model, "cfg", None), "region_std", 0.0))  # never below U's own
+    u = U(h, model, st.expand(n, -1), props, region_std=c)
+    ok = torch.nonzero(u <= 0).flatten()
     if len(ok):
         i = int(ok[0])
         return ExploreResult(props[i].double().numpy(), False, float(u[i]))

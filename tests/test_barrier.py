@@ -180,3 +180,68 @@ def test_dilation_is_checked():
         Config.from_dict({"barrier": {"dilation": 1.0}})
     with pytest.raises(ValueError, match="regrow_mode: must be"):
         Config.from_dict({"barrier": {"regrow_mode": "grow"}})
+
+
+def test_region_std_moves_each_member_to_its_worst_box_corner():
+    """dynamics.region_std c: for a linear h = w.s + b the worst point of member i's box
+    mean_i +- c sigma_i is mean_i - c sigma_i sign(w), so U = max_i [-h(mean_i) + c sum_j |w_j| sigma_ij];
+    c = 0 is the paper's U over the K means; the check keeps c >= 0."""
+    import pytest
+
+    from crabs.barrier import U
+    from crabs.config import Config
+
+    w, b = torch.tensor([0.5, -2.0]), 0.3
+
+    class LinH(nn.Module):
+        def forward(self, s):
+            return s @ w + b
+
+    means = torch.tensor([[[0.1, 0.2]], [[0.0, -0.1]]])   # K = 2, one state
+    stds = torch.tensor([[[0.01, 0.05]], [[0.2, 0.001]]])
+
+    class Model:
+        def __init__(self, c):
+            self.cfg = type("Cfg", (), {"region_std": c})()
+
+        def means(self, s, a):
+            return means
+
+        def means_and_stds(self, s, a):
+            return means, stds
+
+    s, a = torch.zeros(1, 2), torch.zeros(1, 1)
+    plain = float(U(LinH(), Model(0.0), s, a))
+    assert abs(plain - max(-(m @ w + b) for m in means[:, 0]).item()) < 1e-6
+    for c in (1.0, 2.5):
+        expect = max(float(-(means[i, 0] @ w + b) + c * (w.abs() * stds[i, 0]).sum()) for i in range(2))
+        assert abs(float(U(LinH(), Model(c), s, a)) - expect) < 1e-6
+        assert float(U(LinH(), Model(c), s, a)) > plain
+    assert Config().dynamics.region_std == 0.0  # the paper's region is the default
+    with pytest.raises(ValueError, match="dynamics.region_std: must be >= 0"):
+        Config.from_dict({"dynamics": {"region_std": -1.0}})
+
+
+def test_region_std_on_the_ensemble_widens_U_by_the_members_stds():
+    """On a real ensemble: means_and_stds gives the same K means as means() and positive stds
+    (Eq. 6's sigma_i in state units), and U with region_std c >= U over the means, growing with c."""
+    from crabs.barrier import U
+    from crabs.config import DynamicsConfig
+    from crabs.dynamics import Ensemble
+
+    torch.manual_seed(0)
+    h = Barrier(get_task("upright").spec, BarrierConfig(), torch.tensor([1.5, 8.0]))
+    model = Ensemble(2, 1, DynamicsConfig())
+    with torch.no_grad():  # stds of a trained model (<= e^-3 of the residual scale): small steps,
+        model.max_log_std.fill_(-3.0)  # where the linearised worst corner is the worst point
+    s, a = torch.randn(64, 2) * 0.3, torch.rand(64, 1) * 2 - 1
+    with torch.no_grad():
+        m, sd = model.means_and_stds(s, a)
+        torch.testing.assert_close(m, model.means(s, a))
+        assert sd.shape == m.shape and bool((sd > 0).all())
+        us = []
+        for c in (0.0, 0.5, 2.0):
+            model.cfg.region_std = c
+            us.append(U(h, model, s, a))
+    assert bool((us[1] >= us[0] - 1e-6).all()) and bool((us[2] >= us[1] - 1e-6).all())
+    assert float((us[2] - us[0]).mean()) > 0

@@ -164,35 +164,46 @@ def test_learn_alpha_off_keeps_the_temperature_fixed():
         assert moved == learn and (learn or info["alpha"] == pytest.approx(0.01))
 
 
-def test_algorithm3_margin_takes_only_proposals_with_U_below_minus_margin():
-    """With ``margin`` delta a proposal is taken only if U <= -delta (every member's next state at
-    h >= delta); otherwise the safeguard acts, as with the paper's delta = 0."""
+class UncertainPushModel(PushModel):
+    """PushModel whose members also predict a std that grows with |a| (novel actions less sure)."""
+
+    def means_and_stds(self, s, a):
+        m = self.means(s, a)
+        return m, (0.3 * a.abs()).expand(*s.shape[:-1], 1).repeat_interleave(2, -1).expand_as(m)
+
+
+def test_algorithm3_region_std_takes_only_proposals_certified_over_the_sigma_boxes():
+    """With ``region_std`` c a proposal is taken only if U over each member's worst corner of
+    mean +- c sigma is <= 0; otherwise the safeguard acts, as with the paper's c = 0."""
     torch.manual_seed(0)
     policy = TanhGaussianPolicy(2, 1, (16,))
     with torch.no_grad():
         policy.net[-1].weight.zero_()
         policy.net[-1].bias[0] = 2.0  # the mean pushes right, out of the band near s0 = 1
         policy.net[-1].bias[1] = -1.0
-    h, model = BandH(), PushModel()
+    h, model = BandH(), UncertainPushModel()
     gen = torch.Generator().manual_seed(1)
     rng = np.random.default_rng(1)
-    delta, taken, guarded_only_by_margin = 0.5, 0, 0
+    taken, guarded_only_by_region = 0, 0
     for _ in range(300):
         s = np.array([rng.uniform(-1, 1), rng.uniform(-1, 1)])
         g0 = torch.Generator().manual_seed(int(rng.integers(1 << 30)))
         g1 = torch.Generator().manual_seed(g0.initial_seed())
         plain = safeguarded_action(s, policy, h, model, n=20, gen=g0)
-        res = safeguarded_action(s, policy, h, model, n=20, gen=g1, margin=delta)
+        res = safeguarded_action(s, policy, h, model, n=20, gen=g1, region_std=1.0)
         if not res.safeguard:
             taken += 1
-            assert res.U + delta <= 0
+            a = torch.as_tensor(res.action, dtype=torch.float32)[None]
+            st = torch.as_tensor(s, dtype=torch.float32)[None]
+            assert float(U(h, model, st, a, region_std=1.0)[0]) <= 0
+            assert abs(float(U(h, model, st, a, region_std=1.0)[0]) - res.U) < 1e-5
         elif not plain.safeguard:
-            guarded_only_by_margin += 1
-    assert taken > 0 and guarded_only_by_margin > 0  # the margin changed some choices
-    with pytest.raises(ValueError, match="margin"):
-        safeguarded_action(np.zeros(2), policy, h, model, margin=-0.1, gen=gen)
+            guarded_only_by_region += 1
+    assert taken > 0 and guarded_only_by_region > 0  # the wider region changed some choices
+    with pytest.raises(ValueError, match="region_std"):
+        safeguarded_action(np.zeros(2), policy, h, model, region_std=-0.1, gen=gen)
     from crabs.config import Config
 
-    assert Config().explore.u_margin == 0.0  # the paper's Alg. 3 is the default
-    with pytest.raises(ValueError, match="explore.u_margin: must be >= 0"):
-        Config.from_dict({"explore": {"u_margin": -0.01}})
+    assert Config().explore.region_std == 0.0  # the paper's Alg. 3 is the default
+    with pytest.raises(ValueError, match="explore.region_std: must be >= 0"):
+        Config.from_dict({"explore": {"region_std": -0.01}})

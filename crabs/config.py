@@ -32,6 +32,11 @@ class DynamicsConfig:
     min_log_std: float = -10.0                 # release
     bound_coef: float = 0.001                  # release: loss += coef * (max_log_std - min_log_std)
     holdout: float = 0.1                       # fraction of new data kept for the prediction error
+    saturate_actions: bool = True              # the model sees clip(a, +-System.action_bound) where the
+                                               # system declares a saturation; paper: the raw action
+    refit_normalizers: bool = False            # re-centre the normalisation on the whole buffer every
+                                               # epoch (predictions unchanged); false: fitted once on
+                                               # the start-up data; paper: silent (release: replay stats)
     region_std: float = 0.0                    # > 0: U's region is each member's mean moved c sigma
                                                # to its worst box corner; paper: the K means (0)
     support_radius: float = 0.0                # > 0: the model is trusted only within this distance of

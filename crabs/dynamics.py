@@ -29,6 +29,7 @@ class Ensemble(nn.Module):
         self.max_log_std = nn.Parameter(torch.full((obs_dim,), cfg.max_log_std))
         self.min_log_std = nn.Parameter(torch.full((obs_dim,), cfg.min_log_std))
         self.register_buffer("fitted", torch.tensor(False))
+        self.action_bound: float | None = None     # known actuator saturation, see _input
         self.support: torch.Tensor | None = None   # data states / scale, see set_support
         self.support_scale: torch.Tensor | None = None
 
@@ -52,11 +53,46 @@ class Ensemble(nn.Module):
     def fit_normalizers(self, s: torch.Tensor, a: torch.Tensor, s2: torch.Tensor) -> None:
         """Set input/output normalisation from data (done once, on the start-up data, so that the
         ensemble's inputs keep their meaning while it keeps training)."""
-        self.in_norm.fit(torch.cat([s, a], -1))
+        self.in_norm.fit(self._input(s, a))
         d = s2 - s
         self.out_mean.copy_(d.mean(0))
         self.out_std.copy_(d.std(0, unbiased=False).clamp_min(1e-6))
         self.fitted.fill_(True)
+
+    @torch.no_grad()
+    def refit_normalizers(self, s: torch.Tensor, a: torch.Tensor, s2: torch.Tensor) -> None:
+        """Re-centre the input and residual normalisation on ``(s, a, s2)`` without changing any
+        prediction: the first layer absorbs the change of input scale, the last layer and the
+        log-std bounds the change of output scale (``dynamics.refit_normalizers``). Fitted once on
+        the start-up data, the statistics describe a small region around s0: a Swing state of the
+        swinging policy was 4-12 start-up stds from it (docs/config.md)."""
+        if not bool(self.fitted):
+            return self.fit_normalizers(s, a, s2)
+        first, last = self.net.net[0], self.net.net[-1]
+        mu0, sd0 = self.in_norm.mean.clone(), self.in_norm.std.clone()
+        self.in_norm.fit(self._input(s, a))
+        mu1, sd1 = self.in_norm.mean, self.in_norm.std
+        first.bias += (((mu1 - mu0) / sd0) @ first.weight)[:, None]  # (K, 1, h) += (in,) @ (K, in, h)
+        first.weight *= (sd1 / sd0)[None, :, None]
+        d = s2 - s
+        m0, o0 = self.out_mean.clone(), self.out_std.clone()
+        m1, o1 = d.mean(0), d.std(0, unbiased=False).clamp_min(1e-6)
+        n = self.obs_dim
+        last.weight[..., :n] *= o0 / o1
+        last.bias[..., :n] = last.bias[..., :n] * (o0 / o1) + (m0 - m1) / o1
+        shift = torch.log(o0 / o1)                                  # log std moves by this
+        last.bias[..., n:] += shift
+        self.max_log_std += shift
+        self.min_log_std += shift
+        self.out_mean.copy_(m1)
+        self.out_std.copy_(o1)
+
+    def _input(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """The models' input [s, a], with a clipped to +-``action_bound`` when the system declares
+        a known actuator saturation (``System.action_bound``, ``dynamics.saturate_actions``)."""
+        if self.action_bound is not None:
+            a = a.clamp(-self.action_bound, self.action_bound)
+        return torch.cat([s, a], -1)
 
     def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised residual mean and log std for inputs x of shape (K, B, obs+act)."""
@@ -68,7 +104,7 @@ class Ensemble(nn.Module):
     def means(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """The confidence region T_hat(s, a): the K predicted next states, shape (K, *batch, obs)."""
         batch = s.shape[:-1]
-        x = torch.cat([s, a], -1).reshape(1, -1, self.obs_dim + self.act_dim)
+        x = self._input(s, a).reshape(1, -1, self.obs_dim + self.act_dim)
         mu, _ = self._stats(x.expand(self.k, -1, -1))
         nxt = s.reshape(1, -1, self.obs_dim) + self.out_mean + self.out_std * mu
         return nxt.reshape(self.k, *batch, self.obs_dim)
@@ -77,7 +113,7 @@ class Ensemble(nn.Module):
         """The K predicted next states and each member's predicted std (Eq. 6's sigma_i, in state
         units), both of shape (K, *batch, obs)."""
         batch = s.shape[:-1]
-        x = torch.cat([s, a], -1).reshape(1, -1, self.obs_dim + self.act_dim)
+        x = self._input(s, a).reshape(1, -1, self.obs_dim + self.act_dim)
         mu, log_std = self._stats(x.expand(self.k, -1, -1))
         nxt = s.reshape(1, -1, self.obs_dim) + self.out_mean + self.out_std * mu
         std = self.out_std * log_std.exp()
@@ -85,7 +121,7 @@ class Ensemble(nn.Module):
 
     def nll(self, s: torch.Tensor, a: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
         """Eq. (6) for batches of shape (K, B, .), one minibatch per model; plus the bound penalty."""
-        mu, log_std = self._stats(torch.cat([s, a], -1))
+        mu, log_std = self._stats(self._input(s, a))
         target = (s2 - s - self.out_mean) / self.out_std
         inv_var = torch.exp(-2 * log_std)
         nll = (((mu - target) ** 2) * inv_var + 2 * log_std).mean()
@@ -134,7 +170,7 @@ def prediction_error(model: Ensemble, s: torch.Tensor, a: torch.Tensor, s2: torc
 @torch.no_grad()
 def member_step(model: Ensemble, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """Each member advances its own states: s, a of shape (K, N, .) -> (K, N, obs)."""
-    mu, _ = model._stats(torch.cat([s, a], -1))
+    mu, _ = model._stats(model._input(s, a))
     return s + model.out_mean + model.out_std * mu
 
 

@@ -56,6 +56,8 @@ class CRABS:
         obs_dim, act_dim = spec.dim, self.policy.act_dim
         self.buffer = ReplayBuffer(obs_dim, act_dim)
         self.model = Ensemble(obs_dim, act_dim, cfg.dynamics)
+        if cfg.dynamics.saturate_actions:
+            self.model.action_bound = system.action_bound
         self.dyn = DynamicsTrainer(self.model, cfg.dynamics)
         scale = torch.as_tensor((system.state_high - system.state_low) / 2, dtype=torch.float32)
         self.h = Barrier(spec, cfg.barrier, scale, system.state_low, system.state_high)
@@ -401,6 +403,9 @@ class CRABS:
         row: dict = {"epoch": self.epoch + 1}
         row.update(self.collect())
         lap("collect")
+        if cfg.dynamics.refit_normalizers:  # the predictions are unchanged, the scales follow the data
+            data = self.buffer.all()
+            self.model.refit_normalizers(data["s"], data["a"], data["s2"])
         self.dyn.train(self.buffer, cfg.dynamics.steps_per_epoch, self.rng)
         self.refresh_support()
         self.adv.invalidate()

@@ -25,6 +25,9 @@ class System:
         state_low, state_high: the box in which the adversary searches and certificates are drawn;
             constrained coordinates should match the safe set, free ones (speeds) a generous bound.
         reward: optional r(s) (NumPy), for ground-truth checks only; training uses the env's rewards.
+        action_bound: optional known actuator saturation: actions beyond +-action_bound act on the
+            plant as +-action_bound (the built-in cart-poles: 1/3, their control is clip(3a, -1, 1)).
+            With ``dynamics.saturate_actions`` the dynamics model sees the clipped action.
     """
 
     name: str
@@ -34,8 +37,12 @@ class System:
     state_low: np.ndarray
     state_high: np.ndarray
     reward: Callable[[np.ndarray], np.ndarray] | None = None
+    action_bound: float | None = None
 
     def __post_init__(self) -> None:
+        if self.action_bound is not None and not (0 < self.action_bound <= 1):
+            raise ValueError(f"action_bound must lie in (0, 1] (actions live in [-1, 1]), "
+                             f"got {self.action_bound}")
         self.state_low = np.asarray(self.state_low, dtype=np.float64)
         self.state_high = np.asarray(self.state_high, dtype=np.float64)
         d = self.spec.dim
@@ -54,5 +61,8 @@ def builtin_system(task: str, hidden=(64, 64), act: str = "relu", **env_kwargs) 
 
     t = get_task(task)
     low, high = t.box()
+    bound = t.action_bound
+    if bound is not None and "max_ctrl" in env_kwargs:  # cart-pole control: clip(3a, +-max_ctrl)
+        bound = min(1.0, float(env_kwargs["max_ctrl"]) / 3.0)
     return System(t.name, lambda: gym.make(t.env_id, disable_env_checker=True, **env_kwargs), t.spec,
-                  initial_policy(t.name, hidden, act), low, high, t.reward)
+                  initial_policy(t.name, hidden, act), low, high, t.reward, bound)

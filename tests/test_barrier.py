@@ -245,3 +245,25 @@ def test_region_std_on_the_ensemble_widens_U_by_the_members_stds():
             us.append(U(h, model, s, a))
     assert bool((us[1] >= us[0] - 1e-6).all()) and bool((us[2] >= us[1] - 1e-6).all())
     assert float((us[2] - us[0]).mean()) > 0
+
+
+def test_refit_normalizers_keeps_every_prediction():
+    """dynamics.refit_normalizers: re-centring the ensemble's input and residual normalisation on
+    new data leaves the K means and stds unchanged (the layers absorb the change)."""
+    from crabs.config import DynamicsConfig
+    from crabs.dynamics import Ensemble
+
+    torch.manual_seed(0)
+    model = Ensemble(3, 1, DynamicsConfig(hidden=(16, 16)))
+    s, a = torch.randn(200, 3) * 0.1, torch.rand(200, 1) * 2 - 1
+    model.fit_normalizers(s, a, s + 0.01 * torch.randn(200, 3))
+    x, xa = torch.randn(50, 3), torch.rand(50, 1) * 2 - 1
+    with torch.no_grad():
+        m0, sd0 = model.means_and_stds(x, xa)
+    wide = torch.randn(500, 3) * 2 + 0.5
+    model.refit_normalizers(wide, torch.rand(500, 1) * 2 - 1, wide + 0.3 * torch.randn(500, 3))
+    assert float(model.in_norm.std[0]) > 1.0  # the statistics did change
+    with torch.no_grad():
+        m1, sd1 = model.means_and_stds(x, xa)
+    torch.testing.assert_close(m1, m0, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(sd1, sd0, rtol=1e-4, atol=1e-7)

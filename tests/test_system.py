@@ -69,3 +69,32 @@ def test_paper_values_are_available():
     paper = Config().replace(dynamics={"hidden": list(PAPER["dynamics.hidden"])},
                              mala={"chains": PAPER["mala.chains"]})
     assert paper.dynamics.hidden == (400, 400, 400, 400) and paper.mala.chains == 10000
+
+
+def test_known_actuator_saturation_reaches_the_model(tmp_path):
+    """The cart-poles' control is clip(3a, -1, 1): actions beyond +-1/3 act as +-1/3. The built-in
+    systems declare it, the model sees the clipped action (dynamics.saturate_actions, default) and
+    so predicts the same next state for a = 0.5 and a = 1; the paper's raw-action model does not."""
+    import pytest
+    import torch
+
+    from crabs.config import Config
+    from crabs.loop import CRABS
+    from crabs.system import System, builtin_system
+
+    assert builtin_system("swing").action_bound == pytest.approx(1 / 3)
+    assert builtin_system("move", max_ctrl=3.0).action_bound == pytest.approx(1.0)
+    assert builtin_system("upright").action_bound is None
+    s = torch.zeros(3, 4)
+    a = torch.tensor([[0.1], [0.5], [1.0]])
+    for i, saturate in enumerate((True, False)):
+        c = CRABS(builtin_system("swing"), Config.from_dict({"task": "swing", "dynamics": {
+            "saturate_actions": saturate}}), tmp_path / str(i), progress=False)
+        with torch.no_grad():
+            m = c.model.means(s, a)
+        same = torch.allclose(m[:, 1], m[:, 2])
+        assert same == saturate and not torch.allclose(m[:, 0], m[:, 1])
+    sys_ = builtin_system("upright")
+    with pytest.raises(ValueError, match="action_bound must lie in"):
+        System(sys_.name, sys_.make_env, sys_.spec, sys_.initial_policy, sys_.state_low,
+               sys_.state_high, action_bound=1.5)

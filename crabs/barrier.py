@@ -87,9 +87,8 @@ def U(h: Barrier, model, s: torch.Tensor, a: torch.Tensor, region_std: float | N
     With ``dynamics.region_std`` c > 0 (a departure; the paper's region is the K means) each
     member's point is moved to the corner of its box mean_i +- c sigma_i (sigma_i the member's
     predicted std, Eq. 6) where the linearised h is lowest, s' = mean_i - c sigma_i sign(grad h):
-    the truth lay outside the K means' range on 40-97% of Move's and Swing's new data, and the
-    certified policy's own actions left C_h for real near its edge (docs/config.md). ``region_std``
-    overrides c for this call (Alg. 3's ``explore.region_std``)."""
+    the truth lay outside the K means' range on 40-97% of Move's and Swing's new data
+    (docs/config.md). ``region_std`` overrides c for this call (Alg. 3's ``explore.region_std``)."""
     c = getattr(getattr(model, "cfg", None), "region_std", 0.0) if region_std is None else region_std
     if c > 0:
         nxt, std = model.means_and_stds(s, a)

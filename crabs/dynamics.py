@@ -51,8 +51,8 @@ class Ensemble(nn.Module):
 
     @torch.no_grad()
     def fit_normalizers(self, s: torch.Tensor, a: torch.Tensor, s2: torch.Tensor) -> None:
-        """Set input/output normalisation from data (done once, on the start-up data, so that the
-        ensemble's inputs keep their meaning while it keeps training)."""
+        """Set input/output normalisation from data (on the start-up data, before any training;
+        ``refit_normalizers`` moves it later without changing a prediction)."""
         self.in_norm.fit(self._input(s, a))
         d = s2 - s
         self.out_mean.copy_(d.mean(0))
@@ -103,11 +103,7 @@ class Ensemble(nn.Module):
 
     def means(self, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """The confidence region T_hat(s, a): the K predicted next states, shape (K, *batch, obs)."""
-        batch = s.shape[:-1]
-        x = self._input(s, a).reshape(1, -1, self.obs_dim + self.act_dim)
-        mu, _ = self._stats(x.expand(self.k, -1, -1))
-        nxt = s.reshape(1, -1, self.obs_dim) + self.out_mean + self.out_std * mu
-        return nxt.reshape(self.k, *batch, self.obs_dim)
+        return self.means_and_stds(s, a)[0]
 
     def means_and_stds(self, s: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The K predicted next states and each member's predicted std (Eq. 6's sigma_i, in state

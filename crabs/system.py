@@ -62,7 +62,9 @@ def builtin_system(task: str, hidden=(64, 64), act: str = "relu", **env_kwargs) 
     t = get_task(task)
     low, high = t.box()
     bound = t.action_bound
-    if bound is not None and "max_ctrl" in env_kwargs:  # cart-pole control: clip(3a, +-max_ctrl)
-        bound = min(1.0, float(env_kwargs["max_ctrl"]) / 3.0)
+    if bound is not None and "max_ctrl" in env_kwargs:  # the cart-poles' saturation moves with it
+        from crabs.envs.cartpole import action_bound
+
+        bound = action_bound(float(env_kwargs["max_ctrl"]))
     return System(t.name, lambda: gym.make(t.env_id, disable_env_checker=True, **env_kwargs), t.spec,
                   initial_policy(t.name, hidden, act), low, high, t.reward, bound)

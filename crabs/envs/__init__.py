@@ -46,10 +46,12 @@ TASKS: dict[str, Task] = {
                  "Pendulum, reward -(theta_lim - theta)^2, safe |theta| <= 1.5, horizon 200"),
     "move": Task("move", "crabs/Move-v0", cartpole.MOVE_SPEC, cartpole.move_reward,
                  {"x_dot": 4.0, "theta_dot": 4.0},
-                 "Cart-pole, reward x^2, safe |theta| <= 0.2 and |x| <= 0.9, horizon 1000", 1 / 3),
+                 "Cart-pole, reward x^2, safe |theta| <= 0.2 and |x| <= 0.9, horizon 1000",
+                 cartpole.action_bound()),
     "swing": Task("swing", "crabs/Swing-v0", cartpole.SWING_SPEC, cartpole.swing_reward,
                   {"x_dot": 4.0, "theta_dot": 8.0},
-                  "Cart-pole, reward theta^2, safe |theta| <= 1.5 and |x| <= 0.9, horizon 1000", 1 / 3),
+                  "Cart-pole, reward theta^2, safe |theta| <= 1.5 and |x| <= 0.9, horizon 1000",
+                  cartpole.action_bound()),
 }
 
 

@@ -24,6 +24,14 @@ from crabs.envs.spec import SafetySpec
 
 HORIZON = 1000
 STATE_NAMES = ("x", "theta", "x_dot", "theta_dot")
+CTRL_SCALE = 3.0   # motor control = clip(CTRL_SCALE * a, -max_ctrl, max_ctrl), as the authors ran it
+
+
+def action_bound(max_ctrl: float = 1.0) -> float:
+    """The action beyond which the control saturates (``System.action_bound``): 1/3 at 100 N."""
+    return min(1.0, max_ctrl / CTRL_SCALE)
+
+
 MOVE_SPEC = SafetySpec(STATE_NAMES, {"x": 0.9, "theta": 0.2}, (0.0, 0.0, 0.0, 0.0), HORIZON)
 SWING_SPEC = SafetySpec(STATE_NAMES, {"x": 0.9, "theta": 1.5}, (0.0, 0.0, 0.0, 0.0), HORIZON)
 
@@ -84,7 +92,7 @@ class CartPoleTaskEnv(MujocoEnv):
             raise ValueError(f"action must be one finite number, got {action!r}")
         s = self._get_obs()
         reward = float(self._reward(s))
-        ctrl = np.clip(3.0 * np.clip(a, -1.0, 1.0), -self.max_ctrl, self.max_ctrl)
+        ctrl = np.clip(CTRL_SCALE * np.clip(a, -1.0, 1.0), -self.max_ctrl, self.max_ctrl)
         self.do_simulation(ctrl, self.frame_skip)
         obs = self._get_obs()
         violated = not self.spec_safety.is_safe(obs)

@@ -2,6 +2,8 @@
 final evaluation return and wall-clock against the targets of the core issue.
 
     python bench/train.py --task upright --seeds 0 1 2 3 [--out bench/runs] [--config FILE]
+    python bench/train.py --task swing --resume DIR     # finish an interrupted run (its wall-clock
+                                                        # counts every part: summary.json adds them)
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 TARGETS = {  # task: (minimum final evaluation return, wall-clock limit in minutes)
     "upright": (-0.25, 15), "tilt": (-3.0, 15), "move": (400.0, 60), "swing": (20.0, 120),
 }
@@ -26,19 +30,29 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     p.add_argument("--out", default="bench/runs")
     p.add_argument("--config")
+    p.add_argument("--resume", metavar="DIR", help="continue one interrupted run of --task")
     args = p.parse_args()
     goal, minutes = TARGETS[args.task]
     print(f"# {args.task}: target violations 0, final return >= {goal}, wall-clock <= {minutes} min")
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()}")
     rows = []
-    for seed in args.seeds:
-        out = Path(args.out) / f"{args.task}-s{seed}-{int(time.time())}"
-        cmd = [sys.executable, "-m", "crabs.cli", "train", "--task", args.task, "--seed", str(seed),
-               "--out", str(out), "--quiet"]
-        if args.config:
-            cmd += ["--config", args.config]
+    runs = [None] if args.resume else args.seeds
+    for seed in runs:
+        if args.resume:
+            out = Path(args.resume)
+            task = yaml.safe_load((out / "config.yaml").read_text()).get("task")
+            if task != args.task:
+                raise SystemExit(f"{out} holds a {task} run, not {args.task}")
+            cmd = [sys.executable, "-m", "crabs.cli", "train", "--resume", str(out), "--quiet"]
+        else:
+            out = Path(args.out) / f"{args.task}-s{seed}-{int(time.time())}"
+            cmd = [sys.executable, "-m", "crabs.cli", "train", "--task", args.task, "--seed", str(seed),
+                   "--out", str(out), "--quiet"]
+            if args.config:
+                cmd += ["--config", args.config]
         subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL)
         s = json.loads((out / "summary.json").read_text())
+        seed = s["seed"]
         ok = s["violations"] == 0 and s["final_eval_return"] >= goal and s["wall_clock_s"] <= 60 * minutes
         rows.append(ok)
         print(f"{args.task} seed {seed}: violations {s['violations']}, final return "

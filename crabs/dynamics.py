@@ -54,10 +54,16 @@ class Ensemble(nn.Module):
         """Set input/output normalisation from data (on the start-up data, before any training;
         ``refit_normalizers`` moves it later without changing a prediction)."""
         self.in_norm.fit(self._input(s, a))
-        d = s2 - s
-        self.out_mean.copy_(d.mean(0))
-        self.out_std.copy_(d.std(0, unbiased=False).clamp_min(1e-6))
+        m, o = self._residual_stats(s, s2)
+        self.out_mean.copy_(m)
+        self.out_std.copy_(o)
         self.fitted.fill_(True)
+
+    @staticmethod
+    def _residual_stats(s: torch.Tensor, s2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of the residual targets s' - s (what the output normalisation uses)."""
+        d = s2 - s
+        return d.mean(0), d.std(0, unbiased=False).clamp_min(1e-6)
 
     @torch.no_grad()
     def refit_normalizers(self, s: torch.Tensor, a: torch.Tensor, s2: torch.Tensor) -> None:
@@ -74,9 +80,8 @@ class Ensemble(nn.Module):
         mu1, sd1 = self.in_norm.mean, self.in_norm.std
         first.bias += (((mu1 - mu0) / sd0) @ first.weight)[:, None]  # (K, 1, h) += (in,) @ (K, in, h)
         first.weight *= (sd1 / sd0)[None, :, None]
-        d = s2 - s
         m0, o0 = self.out_mean.clone(), self.out_std.clone()
-        m1, o1 = d.mean(0), d.std(0, unbiased=False).clamp_min(1e-6)
+        m1, o1 = self._residual_stats(s, s2)
         n = self.obs_dim
         last.weight[..., :n] *= o0 / o1
         last.bias[..., :n] = last.bias[..., :n] * (o0 / o1) + (m0 - m1) / o1

@@ -31,13 +31,19 @@ class PushModel:
         return torch.stack([s + d, s + 1.05 * d])
 
 
-def test_algorithm3_returns_certified_or_safeguard():
+def pushing_policy() -> TanhGaussianPolicy:
+    """A policy whose mean pushes right, out of the band near s0 = 1 (so the safeguard is needed)."""
     torch.manual_seed(0)
     policy = TanhGaussianPolicy(2, 1, (16,))
     with torch.no_grad():
         policy.net[-1].weight.zero_()
-        policy.net[-1].bias[0] = 2.0  # the mean pushes right, out of the band near s0 = 1
+        policy.net[-1].bias[0] = 2.0
         policy.net[-1].bias[1] = -1.0
+    return policy
+
+
+def test_algorithm3_returns_certified_or_safeguard():
+    policy = pushing_policy()
     h, model = BandH(), PushModel()
     gen = torch.Generator().manual_seed(0)
     rng = np.random.default_rng(0)
@@ -169,18 +175,13 @@ class UncertainPushModel(PushModel):
 
     def means_and_stds(self, s, a):
         m = self.means(s, a)
-        return m, (0.3 * a.abs()).expand(*s.shape[:-1], 1).repeat_interleave(2, -1).expand_as(m)
+        return m, (0.3 * a.abs()).expand_as(m)
 
 
 def test_algorithm3_region_std_takes_only_proposals_certified_over_the_sigma_boxes():
     """With ``region_std`` c a proposal is taken only if U over each member's worst corner of
     mean +- c sigma is <= 0; otherwise the safeguard acts, as with the paper's c = 0."""
-    torch.manual_seed(0)
-    policy = TanhGaussianPolicy(2, 1, (16,))
-    with torch.no_grad():
-        policy.net[-1].weight.zero_()
-        policy.net[-1].bias[0] = 2.0  # the mean pushes right, out of the band near s0 = 1
-        policy.net[-1].bias[1] = -1.0
+    policy = pushing_policy()
     h, model = BandH(), UncertainPushModel()
     gen = torch.Generator().manual_seed(1)
     rng = np.random.default_rng(1)

@@ -36,21 +36,21 @@ def main() -> int:
     print(f"# {args.task}: target violations 0, final return >= {goal}, wall-clock <= {minutes} min")
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()}")
     rows = []
-    runs = [None] if args.resume else args.seeds
-    for seed in runs:
-        if args.resume:
-            out = Path(args.resume)
-            task = yaml.safe_load((out / "config.yaml").read_text()).get("task")
-            if task != args.task:
-                raise SystemExit(f"{out} holds a {task} run, not {args.task}")
-            cmd = [sys.executable, "-m", "crabs.cli", "train", "--resume", str(out), "--quiet"]
-        else:
+    if args.resume:  # one run, continued where it stopped
+        out = Path(args.resume)
+        task = yaml.safe_load((out / "config.yaml").read_text()).get("task")
+        if task != args.task:
+            raise SystemExit(f"{out} holds a {task} run, not {args.task}")
+        jobs = [(out, ["--resume", str(out)])]
+    else:
+        jobs = []
+        for seed in args.seeds:
             out = Path(args.out) / f"{args.task}-s{seed}-{int(time.time())}"
-            cmd = [sys.executable, "-m", "crabs.cli", "train", "--task", args.task, "--seed", str(seed),
-                   "--out", str(out), "--quiet"]
-            if args.config:
-                cmd += ["--config", args.config]
-        subprocess.run(cmd, check=False, stdout=subprocess.DEVNULL)
+            extra = ["--config", args.config] if args.config else []
+            jobs.append((out, ["--task", args.task, "--seed", str(seed), "--out", str(out), *extra]))
+    for out, train_args in jobs:
+        subprocess.run([sys.executable, "-m", "crabs.cli", "train", *train_args, "--quiet"],
+                       check=False, stdout=subprocess.DEVNULL)
         s = json.loads((out / "summary.json").read_text())
         seed = s["seed"]
         ok = s["violations"] == 0 and s["final_eval_return"] >= goal and s["wall_clock_s"] <= 60 * minutes

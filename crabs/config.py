@@ -158,6 +158,8 @@ class ExploreConfig:
     noisy_episodes: int = 0                    # Swing: 2 with extra noise
     region_std: float = 0.0                    # > 0: Alg. 3 checks proposals with U over the members'
                                                # mean +- c sigma boxes; paper: the K means (0)
+    min_std: float = 0.0                       # > 0: floor on pi_expl's pre-tanh noise scale in
+                                               # Alg. 3's proposals; paper: none (0)
 
 
 @dataclass
@@ -282,8 +284,9 @@ def _validate(obj, where: str) -> None:
         raise ValueError(f"{where}.dilation: must be in (0, 1), got {obj.dilation}")
     if not 0.0 <= getattr(obj, "refresh_frac", 0.0) <= 1.0:
         raise ValueError(f"{where}.refresh_frac: must be in [0, 1], got {obj.refresh_frac}")
-    if getattr(obj, "region_std", 0.0) < 0:
-        raise ValueError(f"{where}.region_std: must be >= 0, got {obj.region_std}")
+    for name in ("region_std", "min_std"):
+        if not getattr(obj, name, 0.0) >= 0:
+            raise ValueError(f"{where}.{name}: must be >= 0, got {getattr(obj, name)}")
     if getattr(obj, "reg_states", "candidates") not in ("candidates", "certified", "visited"):
         raise ValueError(f"{where}.reg_states: must be 'candidates', 'certified' or 'visited', "
                          f"got {obj.reg_states!r}")

@@ -10,6 +10,11 @@ the one taken is the most novel, where the ensemble is least reliable. ``region_
 departure; the paper's is 0) checks the proposals with U over each member's worst corner of
 mean_i +- c sigma_i (``barrier.U``) instead, so a proposal is taken only where the model is sure
 enough that it stays in C_h; the safeguard's action is taken as before.
+
+``min_std`` s_min > 0 (a departure; the paper's is 0) floors pi_expl's pre-tanh noise scale at
+s_min: a_i = tanh(mu + c_i max(sigma, s_min) zeta_i). A SAC policy with a low target entropy
+has sigma ~ 0.004, so without it the proposals stay on the policy's own path and the critic never
+sees the actions next to it (Tilt seed 3, bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -32,11 +37,15 @@ class ExploreResult:
 @torch.no_grad()
 def safeguarded_action(s: np.ndarray, policy, h, model, n: int = 100, noise_decay: bool = True,
                        uniform: bool = False, noise_scale: float = 1.0,
-                       gen: torch.Generator | None = None, region_std: float = 0.0) -> ExploreResult:
+                       gen: torch.Generator | None = None, region_std: float = 0.0,
+                       min_std: float = 0.0) -> ExploreResult:
     """Algorithm 3 for one state. ``uniform`` draws proposals uniformly from [-1, 1] instead (the
-    Swing schedule's random-proposal episodes); ``noise_scale`` widens pi_expl's noise."""
+    Swing schedule's random-proposal episodes); ``noise_scale`` widens pi_expl's noise and
+    ``min_std`` floors its pre-tanh scale."""
     if region_std < 0:
         raise ValueError(f"region_std must be >= 0, got {region_std}")
+    if not min_std >= 0:
+        raise ValueError(f"min_std must be >= 0, got {min_std}")
     st = torch.as_tensor(s, dtype=torch.float32)[None]
     mu, log_std = policy(st)
     k = mu.shape[-1]
@@ -45,7 +54,8 @@ def safeguarded_action(s: np.ndarray, policy, h, model, n: int = 100, noise_deca
     else:
         c = torch.logspace(0, -3, n) if noise_decay else torch.ones(n)
         zeta = torch.randn(n, k, generator=gen)
-        props = torch.tanh(mu + noise_scale * c[:, None] * log_std.exp() * zeta)
+        sigma = log_std.exp().clamp(min=min_std)
+        props = torch.tanh(mu + noise_scale * c[:, None] * sigma * zeta)
     c = max(region_std, getattr(getattr(model, "cfg", None), "region_std", 0.0))  # never below U's own
     u = U(h, model, st.expand(n, -1), props, region_std=c)
     ok = torch.nonzero(u <= 0).flatten()

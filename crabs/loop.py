@@ -320,7 +320,7 @@ class CRABS:
                         return a, True, u
                     res = safeguarded_action(s, self.policy, self.h, self.model, ec.n, ec.noise_decay,
                                              uniform=kind == "uniform", noise_scale=scale, gen=self.tgen,
-                                             region_std=ec.region_std)
+                                             region_std=ec.region_std, min_std=ec.min_std)
                     return res.action, res.safeguard, res.U
                 label = (("uniform" if kind == "uniform" else f"policy, noise x{scale:g}")
                          if explore_ok else "last certified policy")

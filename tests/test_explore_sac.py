@@ -208,3 +208,45 @@ def test_algorithm3_region_std_takes_only_proposals_certified_over_the_sigma_box
     assert Config().explore.region_std == 0.0  # the paper's Alg. 3 is the default
     with pytest.raises(ValueError, match="explore.region_std: must be >= 0"):
         Config.from_dict({"explore": {"region_std": -0.01}})
+
+
+def test_algorithm3_min_std_floors_the_proposal_noise_and_keeps_the_guarantee():
+    """``min_std`` s_min: a_i = tanh(mu + c_i max(sigma, s_min) zeta_i). A near-deterministic policy
+    (sigma = e^-6) explores next to its own path only with the floor; every action taken is still
+    certified (U <= 0) or the safeguard's."""
+    torch.manual_seed(0)
+    policy = TanhGaussianPolicy(2, 1, (16,))
+    with torch.no_grad():
+        policy.net[-1].weight.zero_()
+        policy.net[-1].bias[0] = 0.0
+        policy.net[-1].bias[1] = -6.0          # sigma = 0.0025
+    h, model = BandH(), PushModel()
+    s = np.array([0.0, 0.0])
+    spread = {}
+    for floor in (0.0, 0.5):
+        g = torch.Generator().manual_seed(3)
+        acts = [safeguarded_action(s, policy, h, model, n=100, gen=g, min_std=floor).action[0]
+                for _ in range(200)]
+        spread[floor] = float(np.std(acts))
+    assert spread[0.0] < 0.005 and spread[0.5] > 0.2
+    s = np.array([0.9, 0.0])                  # near the band's edge: big proposals leave it
+    st = torch.as_tensor(s, dtype=torch.float32)[None]
+    c = torch.logspace(0, -3, 100)
+    rejected_first = 0
+    for seed in range(20):                    # replay the floored proposals: the first certified is taken
+        g1, g2 = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        res = safeguarded_action(s, policy, h, model, n=100, gen=g1, min_std=2.0)
+        props = torch.tanh(c[:, None] * 2.0 * torch.randn(100, 1, generator=g2))
+        u = U(h, model, st.expand(100, -1), props)
+        first = int(torch.nonzero(u <= 0)[0])
+        rejected_first += first > 0
+        np.testing.assert_allclose(res.action, props[first].numpy(), atol=1e-6)
+        assert res.U <= 0 and not res.safeguard
+    assert rejected_first > 0                 # some noisiest proposals left the band and were refused
+    with pytest.raises(ValueError, match="min_std"):
+        safeguarded_action(s, policy, h, model, min_std=-0.1)
+    from crabs.config import Config
+
+    assert Config().explore.min_std == 0.0    # the paper's Alg. 3 is the default
+    with pytest.raises(ValueError, match="explore.min_std: must be >= 0"):
+        Config.from_dict({"explore": {"min_std": -0.01}})

@@ -27,11 +27,15 @@ TARGETS = {  # task: (minimum final evaluation return, wall-clock limit in minut
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--task", required=True, choices=list(TARGETS))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    p.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2 3")
     p.add_argument("--out", default="bench/runs")
     p.add_argument("--config")
     p.add_argument("--resume", metavar="DIR", help="continue one interrupted run of --task")
     args = p.parse_args()
+    if args.resume and (args.seeds is not None or args.config):
+        p.error("--resume continues the run in DIR with its own seed and config: "
+                "drop --seeds/--config")
+    seeds = [0, 1, 2, 3] if args.seeds is None else args.seeds
     goal, minutes = TARGETS[args.task]
     print(f"# {args.task}: target violations 0, final return >= {goal}, wall-clock <= {minutes} min")
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()}")
@@ -44,7 +48,7 @@ def main() -> int:
         jobs = [(out, ["--resume", str(out)])]
     else:
         jobs = []
-        for seed in args.seeds:
+        for seed in seeds:
             out = Path(args.out) / f"{args.task}-s{seed}-{int(time.time())}"
             extra = ["--config", args.config] if args.config else []
             jobs.append((out, ["--task", args.task, "--seed", str(seed), "--out", str(out), *extra]))

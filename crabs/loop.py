@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -594,7 +595,8 @@ def train(system: str | System | None, config: Config | None = None, out: str | 
     ``out`` (config, ledger, metrics, checkpoints, summary.json, plots). With ``resume=True`` the
     run continues from ``out``'s last checkpoint with ``out``'s own config and counters (``system``
     may then be None for a built-in task, and ``epochs`` raises the run's epoch budget); a run
-    that died during start-up starts up again, its earlier steps and violations still counted."""
+    that died during start-up starts up again, its earlier steps and violations still counted; a
+    finished run returns its summary without touching the environment."""
     import yaml
     from tqdm.auto import tqdm
 
@@ -636,6 +638,10 @@ def train(system: str | System | None, config: Config | None = None, out: str | 
     started = time.time()
     if resume and (out / "checkpoints" / "last.pt").exists():
         crabs.resume()
+        if crabs.epoch >= cfg.epochs and (out / "summary.json").exists():
+            # the run had finished: nothing is left to do, and a final evaluation would take
+            # (counted) real steps the finished run never took
+            return json.loads((out / "summary.json").read_text())
     else:
         if resume:  # died during start-up: start up again, continuing the ledger's counts
             crabs.recount_from_ledger()

@@ -112,6 +112,15 @@ def test_crash_during_startup_resumes_with_its_steps_counted(tmp_path, monkeypat
     assert summary["env_steps"] == sum(r["length"] for r in eps) > sum(r["length"] for r in first)
 
 
+def test_resume_of_a_finished_run_takes_no_real_step(tiny_run):
+    """Resuming a run that had finished returns its summary; no evaluation episode is added."""
+    out, summary = tiny_run
+    before = (out / "ledger.jsonl").read_text()
+    again = train(None, None, out, resume=True, progress=False)
+    assert again == summary
+    assert (out / "ledger.jsonl").read_text() == before
+
+
 def test_resume_refuses_another_task(tiny_run):
     out, _ = tiny_run
     with pytest.raises(ValueError, match="holds a run of task 'upright', not 'tilt'"):

@@ -641,6 +641,9 @@ def train(system: str | System | None, config: Config | None = None, out: str | 
         if crabs.epoch >= cfg.epochs and (out / "summary.json").exists():
             # the run had finished: nothing is left to do, and a final evaluation would take
             # (counted) real steps the finished run never took
+            if progress:
+                tqdm.write(f"{str(out)!r} finished its {cfg.epochs} epochs: nothing to do "
+                           "(pass epochs to extend it)")
             return json.loads((out / "summary.json").read_text())
     else:
         if resume:  # died during start-up: start up again, continuing the ledger's counts

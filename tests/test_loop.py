@@ -112,13 +112,15 @@ def test_crash_during_startup_resumes_with_its_steps_counted(tmp_path, monkeypat
     assert summary["env_steps"] == sum(r["length"] for r in eps) > sum(r["length"] for r in first)
 
 
-def test_resume_of_a_finished_run_takes_no_real_step(tiny_run):
-    """Resuming a run that had finished returns its summary; no evaluation episode is added."""
+def test_resume_of_a_finished_run_takes_no_real_step(tiny_run, capsys):
+    """Resuming a run that had finished returns its summary and says so; no evaluation episode
+    is added."""
     out, summary = tiny_run
     before = (out / "ledger.jsonl").read_text()
-    again = train(None, None, out, resume=True, progress=False)
+    again = train(None, None, out, resume=True, progress=True)
     assert again == summary
     assert (out / "ledger.jsonl").read_text() == before
+    assert "finished its 2 epochs: nothing to do" in capsys.readouterr().out
 
 
 def test_resume_refuses_another_task(tiny_run):

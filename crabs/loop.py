@@ -620,6 +620,14 @@ def train(system: str | System | None, config: Config | None = None, out: str | 
         if epochs is not None:
             cfg = cfg.replace(epochs=epochs)
             cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        done = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else None
+        if done is not None and done["epochs"] >= cfg.epochs:
+            # the run had finished: nothing is left to do (no checkpoint to load), and a final
+            # evaluation would take (counted) real steps the finished run never took
+            if progress:
+                tqdm.write(f"{str(out)!r} finished its {cfg.epochs} epochs: nothing to do "
+                           "(pass epochs to extend it)")
+            return done
     else:
         if system is None:
             raise ValueError("a task or System is required for a new run")
@@ -638,13 +646,6 @@ def train(system: str | System | None, config: Config | None = None, out: str | 
     started = time.time()
     if resume and (out / "checkpoints" / "last.pt").exists():
         crabs.resume()
-        if crabs.epoch >= cfg.epochs and (out / "summary.json").exists():
-            # the run had finished: nothing is left to do, and a final evaluation would take
-            # (counted) real steps the finished run never took
-            if progress:
-                tqdm.write(f"{str(out)!r} finished its {cfg.epochs} epochs: nothing to do "
-                           "(pass epochs to extend it)")
-            return json.loads((out / "summary.json").read_text())
     else:
         if resume:  # died during start-up: start up again, continuing the ledger's counts
             crabs.recount_from_ledger()

@@ -359,7 +359,11 @@ class CRABS:
         finally:
             env.close()
         self.last_eval_states = ep["states"]
-        return {"eval_return": ep["return"], "eval_length": ep["length"]}
+        with torch.no_grad():  # where the evaluated policy ends up, and how close to C_h's edge
+            hv = self.h(torch.as_tensor(ep["states"], dtype=torch.float32))
+        return {"eval_return": ep["return"], "eval_length": ep["length"],
+                "eval_end_h": float(hv[-1]), "eval_min_h": float(hv.min()),
+                "eval_end_state": " ".join(f"{x:.4g}" for x in ep["states"][-1])}
 
     def box_samples(self, n: int = 20000) -> torch.Tensor:
         """n uniform states of the state box."""

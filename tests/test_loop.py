@@ -48,6 +48,10 @@ def test_smoke_run_is_safe_and_complete(tiny_run):
     assert len(eps) == summary["episodes"]
     assert {r["tag"] for r in eps} >= {"startup", "explore", "eval"}  # every real step is ledgered
     assert 0 < summary["certified_volume"] < 0.5
+    with open(out / "metrics.csv") as fh:  # where each evaluation ended, and h there (h(s0) = 1 - log 2)
+        rows = [r for r in csv.DictReader(fh) if r["eval_return"]]
+    assert len(rows) == 3 and all(len(r["eval_end_state"].split()) == 2 for r in rows)
+    assert all(float(r["eval_min_h"]) <= min(float(r["eval_end_h"]), 0.307) for r in rows)
 
 
 def test_refuses_to_overwrite_a_run(tiny_run):

@@ -145,6 +145,12 @@ class SACConfig:
     steps_per_epoch: int = 1000                # paper: 2000
     adv_every: int = 4                         # an adversarial policy step every n SAC steps
     adv_coef: float = 1.0
+    model_horizon: int = 0                     # > 0: the policy loss also maximises the H-step return
+                                               # of the mean policy through the ensemble's mean
+                                               # prediction, sum_t gamma^t r(s_t) + gamma^H Q(s_H,
+                                               # pi(s_H)) (needs System.reward); paper: none (0)
+    model_batch: int = 64                      # start states (from the minibatch) of those rollouts
+    model_every: int = 1                       # the model-based term enters every n-th SAC step
 
 
 @dataclass
@@ -284,6 +290,8 @@ def _validate(obj, where: str) -> None:
         raise ValueError(f"{where}.dilation: must be in (0, 1), got {obj.dilation}")
     if not 0.0 <= getattr(obj, "refresh_frac", 0.0) <= 1.0:
         raise ValueError(f"{where}.refresh_frac: must be in [0, 1], got {obj.refresh_frac}")
+    if getattr(obj, "model_every", 1) < 1:
+        raise ValueError(f"{where}.model_every: must be >= 1, got {obj.model_every}")
     for name in ("region_std", "min_std"):
         if not getattr(obj, name, 0.0) >= 0:
             raise ValueError(f"{where}.{name}: must be >= 0, got {getattr(obj, name)}")

@@ -63,7 +63,7 @@ class CRABS:
         scale = torch.as_tensor((system.state_high - system.state_low) / 2, dtype=torch.float32)
         self.h = Barrier(spec, cfg.barrier, scale, system.state_low, system.state_high)
         self.cert = CertificateTrainer(self.h, cfg.barrier)
-        self.sac = ConstrainedSAC(self.policy, cfg.sac)
+        self.sac = ConstrainedSAC(self.policy, cfg.sac, system.reward)
         self.adv = Adversary(system.state_low, system.state_high, cfg.mala, seed=cfg.seed + 2)
         self.epoch = 0
         self.dilation = cfg.barrier.dilation  # adapted per epoch with regrow_mode = "dilate"

@@ -10,6 +10,12 @@
   tanh-squashed policy can have), so an over-estimate cannot feed on itself.
 * Temperature (Eq. 12) learned toward the target entropy -dim(A), unless ``learn_alpha`` is off
   (alpha then stays at ``init_alpha``).
+* Model-based actor term (``model_horizon`` H > 0, a departure; the paper has none): the policy
+  loss also has -mean_s [sum_{t<H} gamma^t r(s_t) + gamma^H min Q(s_H, pi(s_H))], the mean policy
+  rolled out from minibatch states through the ensemble's mean prediction, differentiated through
+  the model (value expansion, as in SVG(H) / MVE). Moving an equilibrium the policy holds changes
+  Q(s, a) by far less than the critic's error, so one-step Q gradients cannot do it (Tilt's hold
+  point, docs/config.md); an H-step return through the model can.
 * Adversarial step: minimise the mean of U(s*, pi(s*), h) over the adversarial states s* (the
   gradient of C* w.r.t. the policy parameters, Sec. 4.4).
 """
@@ -39,9 +45,14 @@ class TwinQ(nn.Module):
 
 
 class ConstrainedSAC:
-    def __init__(self, policy: TanhGaussianPolicy, cfg: SACConfig):
+    def __init__(self, policy: TanhGaussianPolicy, cfg: SACConfig, reward=None):
         self.cfg = cfg
         self.policy = policy
+        if cfg.model_horizon > 0 and reward is None:
+            raise ValueError("sac.model_horizon > 0 needs the system's reward r(s) (System.reward), "
+                             "written with operations that also work on torch tensors")
+        self.reward = reward
+        self.n_updates = 0
         d, k = policy.obs_dim, policy.act_dim
         self.q = TwinQ(d, k, cfg.critic_hidden, cfg.act)
         self.q_targ = copy.deepcopy(self.q)
@@ -83,8 +94,17 @@ class ConstrainedSAC:
         u = U(h, model, s, pa)
         q_hat = torch.where(u <= 0, q1p, -self.cfg.big_c - u)
         pi_loss = (alpha * logp - q_hat).mean()
+        info = {}
+        self.n_updates += 1
+        if self.cfg.model_horizon > 0 and self.n_updates % self.cfg.model_every == 0:
+            ret = self.model_return(s[: self.cfg.model_batch], model)
+            pi_loss = pi_loss - ret.mean()
+            info["model_return"] = float(ret.detach().mean())
+        params = list(self.policy.parameters())
+        grads = torch.autograd.grad(pi_loss, params)  # the policy's only (not Q's or the model's)
         self.pi_opt.zero_grad(set_to_none=True)
-        pi_loss.backward()
+        for p, g in zip(params, grads):
+            p.grad = g
         self.pi_opt.step()
         # temperature (Eq. 12)
         if self.cfg.learn_alpha:
@@ -92,13 +112,23 @@ class ConstrainedSAC:
             self.a_opt.zero_grad(set_to_none=True)
             a_loss.backward()
             self.a_opt.step()
-        self.q.zero_grad(set_to_none=True)  # the policy loss left grads on Q
         # target networks (line 7)
         with torch.no_grad():
             for p, pt in zip(self.q.parameters(), self.q_targ.parameters()):
                 pt.lerp_(p, self.cfg.tau)
         return {"q_loss": float(q_loss.detach()), "pi_loss": float(pi_loss.detach()), "alpha": float(alpha),
-                "certified_frac": float((u <= 0).float().mean()), "mask_frac": float(mask.mean())}
+                "certified_frac": float((u <= 0).float().mean()), "mask_frac": float(mask.mean()), **info}
+
+    def model_return(self, s: torch.Tensor, model) -> torch.Tensor:
+        """sum_{t<H} gamma^t r(s_t) + gamma^H min Q(s_H, pi(s_H)) for the mean policy from each s,
+        through the ensemble's mean prediction (``model_horizon``), differentiable in the policy."""
+        x, ret, disc = s, torch.zeros(len(s)), 1.0
+        for _ in range(self.cfg.model_horizon):
+            ret = ret + disc * torch.as_tensor(self.reward(x), dtype=torch.float32)
+            x = model.means(x, self.policy.mean_action(x)).mean(0)
+            disc *= self.cfg.gamma
+        q1, q2 = self.q(x, self.policy.mean_action(x))
+        return ret + disc * torch.min(q1, q2)
 
     def value_range(self, r: torch.Tensor, logp: torch.Tensor, alpha: torch.Tensor) -> tuple[float, float]:
         """Bounds of a soft value under the rewards seen so far (``clip_target``, see above)."""
@@ -126,7 +156,8 @@ class ConstrainedSAC:
         return {"policy": self.policy.state_dict(), "q": self.q.state_dict(),
                 "q_targ": self.q_targ.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
                 "pi_opt": self.pi_opt.state_dict(), "q_opt": self.q_opt.state_dict(),
-                "a_opt": self.a_opt.state_dict(), "r_range": torch.tensor(self.r_range, dtype=torch.float64)}
+                "a_opt": self.a_opt.state_dict(), "r_range": torch.tensor(self.r_range, dtype=torch.float64),
+                "n_updates": self.n_updates}
 
     def load_state_dict(self, d: dict) -> None:
         self.policy.load_state_dict(d["policy"])
@@ -137,5 +168,6 @@ class ConstrainedSAC:
         self.pi_opt.load_state_dict(d["pi_opt"])
         self.q_opt.load_state_dict(d["q_opt"])
         self.a_opt.load_state_dict(d["a_opt"])
+        self.n_updates = int(d.get("n_updates", 0))
         if "r_range" in d:  # absent from checkpoints written before clip_target existed
             self.r_range = [float(v) for v in d["r_range"]]

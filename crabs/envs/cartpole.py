@@ -20,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium.envs.mujoco import MujocoEnv
 
-from crabs.envs.spec import SafetySpec
+from crabs.envs.spec import SafetySpec, as_states
 
 HORIZON = 1000
 STATE_NAMES = ("x", "theta", "x_dot", "theta_dot")
@@ -38,12 +38,12 @@ SWING_SPEC = SafetySpec(STATE_NAMES, {"x": 0.9, "theta": 1.5}, (0.0, 0.0, 0.0, 0
 
 def move_reward(s: np.ndarray) -> np.ndarray:
     """r(s, a) = x^2 (Move)."""
-    return np.asarray(s)[..., 0] ** 2
+    return as_states(s)[..., 0] ** 2
 
 
 def swing_reward(s: np.ndarray) -> np.ndarray:
     """r(s, a) = theta^2 (Swing)."""
-    return np.asarray(s)[..., 1] ** 2
+    return as_states(s)[..., 1] ** 2
 
 
 TASKS = {"move": (MOVE_SPEC, move_reward), "swing": (SWING_SPEC, swing_reward)}

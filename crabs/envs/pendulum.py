@@ -14,7 +14,7 @@ import math
 import gymnasium as gym
 import numpy as np
 
-from crabs.envs.spec import SafetySpec
+from crabs.envs.spec import SafetySpec, as_states
 
 G, M, L, DT, MAX_SPEED, MAX_TORQUE = 10.0, 1.0, 1.0, 0.05, 8.0, 2.0
 THETA_LIM = -math.asin(0.4)  # -0.41151684...: the largest angle the pendulum can be held at
@@ -43,12 +43,12 @@ def pendulum_step(s: np.ndarray, a: np.ndarray) -> np.ndarray:
 
 def upright_reward(s: np.ndarray) -> np.ndarray:
     """r(s, a) = -theta^2 (Upright)."""
-    return -np.asarray(s)[..., 0] ** 2
+    return -as_states(s)[..., 0] ** 2
 
 
 def tilt_reward(s: np.ndarray) -> np.ndarray:
     """r(s, a) = -(theta_lim - theta)^2 (Tilt)."""
-    return -((THETA_LIM - np.asarray(s)[..., 0]) ** 2)
+    return -((THETA_LIM - as_states(s)[..., 0]) ** 2)
 
 
 REWARDS = {"upright": upright_reward, "tilt": tilt_reward}

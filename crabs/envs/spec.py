@@ -127,3 +127,9 @@ class SafetySpec:
             else:
                 raise ValueError(f"no bound given for unconstrained coordinate {name!r}")
         return -hi, hi
+
+
+def as_states(s):
+    """``s`` unchanged if it is a torch tensor (so r(s) stays differentiable), else a NumPy array:
+    the built-in rewards serve the monitor (NumPy) and the model-based actor term (torch)."""
+    return s if isinstance(s, torch.Tensor) else np.asarray(s)

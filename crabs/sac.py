@@ -14,8 +14,9 @@
   loss also has -mean_s [sum_{t<H} gamma^t r(s_t) + gamma^H min Q(s_H, pi(s_H))], the mean policy
   rolled out from minibatch states through the ensemble's mean prediction, differentiated through
   the model (value expansion, as in SVG(H) / MVE). Moving an equilibrium the policy holds changes
-  Q(s, a) by far less than the critic's error, so one-step Q gradients cannot do it (Tilt's hold
-  point, docs/config.md); an H-step return through the model can.
+  Q(s, a) by far less than the critic's error, so one-step Q gradients barely do it (Tilt's hold
+  point); an H-step return through the model can where the model has data, and holds the policy
+  back where it extrapolates (measurements in docs/config.md).
 * Adversarial step: minimise the mean of U(s*, pi(s*), h) over the adversarial states s* (the
   gradient of C* w.r.t. the policy parameters, Sec. 4.4).
 """
@@ -100,12 +101,7 @@ class ConstrainedSAC:
             ret = self.model_return(s[: self.cfg.model_batch], model)
             pi_loss = pi_loss - ret.mean()
             info["model_return"] = float(ret.detach().mean())
-        params = list(self.policy.parameters())
-        grads = torch.autograd.grad(pi_loss, params)  # the policy's only (not Q's or the model's)
-        self.pi_opt.zero_grad(set_to_none=True)
-        for p, g in zip(params, grads):
-            p.grad = g
-        self.pi_opt.step()
+        self._policy_step(pi_loss)
         # temperature (Eq. 12)
         if self.cfg.learn_alpha:
             a_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
@@ -144,13 +140,18 @@ class ConstrainedSAC:
         if len(s_star) == 0:
             return float("nan")
         u = U(h, model, s_star, self.policy.mean_action(s_star))
-        loss = coef * u.mean()
+        self._policy_step(coef * u.mean())
+        return float(u.detach().max())
+
+    def _policy_step(self, loss: torch.Tensor) -> None:
+        """One Adam step of the policy on ``loss``, with gradients for the policy's parameters only
+        (none land on Q or the model the loss was computed through)."""
+        params = list(self.policy.parameters())
+        grads = torch.autograd.grad(loss, params)
         self.pi_opt.zero_grad(set_to_none=True)
-        grads = torch.autograd.grad(loss, list(self.policy.parameters()))
-        for p, g in zip(self.policy.parameters(), grads):
+        for p, g in zip(params, grads):
             p.grad = g
         self.pi_opt.step()
-        return float(u.detach().max())
 
     def state_dict(self) -> dict:
         return {"policy": self.policy.state_dict(), "q": self.q.state_dict(),

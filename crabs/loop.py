@@ -613,8 +613,6 @@ def train(system: str | System | None, config: Config | None = None, out: str | 
     out = prepare_run_dir(out)
     cfg_path = out / "config.yaml"
     if resume:
-        if not cfg_path.exists():
-            raise FileNotFoundError(f"{str(out)!r} holds no run to resume (no config.yaml)")
         cfg = Config.from_dict(yaml.safe_load(cfg_path.read_text()))
         if system is None:
             system = cfg.task

@@ -145,12 +145,17 @@ class SACConfig:
     steps_per_epoch: int = 1000                # paper: 2000
     adv_every: int = 4                         # an adversarial policy step every n SAC steps
     adv_coef: float = 1.0
+    adv_anchor: float = 0.0                    # > 0: the stand-alone adversarial steps (Alg. 4 lines
+                                               # 5-6 outside SAC) also pay this x the squared change
+                                               # of the mean action on replay states; paper: none (0)
     model_horizon: int = 0                     # > 0: the policy loss also maximises the H-step return
                                                # of the mean policy through the ensemble's mean
                                                # prediction, sum_t gamma^t r(s_t) + gamma^H Q(s_H,
                                                # pi(s_H)) (needs System.reward); paper: none (0)
     model_batch: int = 64                      # start states (from the minibatch) of those rollouts
     model_every: int = 1                       # the model-based term enters every n-th SAC step
+    model_masked: bool = False                 # true: the rollout ends with -C - U at its first step
+                                               # with U > 0, like Eq. (10)'s Q-hat
 
 
 @dataclass
@@ -166,6 +171,7 @@ class ExploreConfig:
                                                # mean +- c sigma boxes; paper: the K means (0)
     min_std: float = 0.0                       # > 0: floor on pi_expl's pre-tanh noise scale in
                                                # Alg. 3's proposals; paper: none (0)
+    min_std_from_epoch: int = 1                # the floor applies from this epoch on (1 = all)
 
 
 @dataclass
@@ -290,6 +296,10 @@ def _validate(obj, where: str) -> None:
         raise ValueError(f"{where}.dilation: must be in (0, 1), got {obj.dilation}")
     if not 0.0 <= getattr(obj, "refresh_frac", 0.0) <= 1.0:
         raise ValueError(f"{where}.refresh_frac: must be in [0, 1], got {obj.refresh_frac}")
+    if not getattr(obj, "adv_anchor", 0.0) >= 0:
+        raise ValueError(f"{where}.adv_anchor: must be >= 0, got {obj.adv_anchor}")
+    if getattr(obj, "min_std_from_epoch", 1) < 1:
+        raise ValueError(f"{where}.min_std_from_epoch: must be >= 1, got {obj.min_std_from_epoch}")
     if getattr(obj, "model_every", 1) < 1:
         raise ValueError(f"{where}.model_every: must be >= 1, got {obj.model_every}")
     for name in ("region_std", "min_std"):

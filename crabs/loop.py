@@ -285,9 +285,21 @@ class CRABS:
         return s if len(s) else None
 
     def ensure_policy_certified(self, max_steps: int) -> tuple[bool, int]:
-        """Adversarial policy steps until the adversary is quiet (two windows), Alg. 4 lines 5-6."""
-        return self._until_quiet(max_steps, lambda w: self.sac.adversarial_step(
-            w, self.h, self.model, self.cfg.sac.adv_coef))
+        """Adversarial policy steps until the adversary is quiet (two windows), Alg. 4 lines 5-6.
+        With ``sac.adv_anchor`` beta > 0 each step also keeps the mean action on a replay minibatch
+        near the one of the policy this call started from."""
+        sc = self.cfg.sac
+        start = copy.deepcopy(self.policy) if sc.adv_anchor > 0 else None
+
+        def update(w):
+            anchor = None
+            if start is not None:
+                s = torch.as_tensor(self.buffer.sample(sc.batch, self.rng)["s"], dtype=torch.float32)
+                with torch.no_grad():
+                    anchor = (s, start.mean_action(s), sc.adv_anchor)
+            self.sac.adversarial_step(w, self.h, self.model, sc.adv_coef, anchor)
+
+        return self._until_quiet(max_steps, update)
 
     def check_certified(self, steps: int, windows: int = 2) -> bool:
         """Fresh adversaries, no updates: True if none of ``windows`` freshly drawn pools finds a
@@ -308,6 +320,7 @@ class CRABS:
         plan = ([("uniform", 1.0)] * ec.uniform_episodes + [("policy", 1.0)] * ec.episodes_per_epoch
                 + [("policy", 2.0)] * ec.noisy_episodes)
         explore_ok = self.certified
+        min_std = ec.min_std if self.epoch + 1 >= ec.min_std_from_epoch else 0.0
         n0 = len(self.buffer)
         eps = []
         try:
@@ -321,7 +334,7 @@ class CRABS:
                         return a, True, u
                     res = safeguarded_action(s, self.policy, self.h, self.model, ec.n, ec.noise_decay,
                                              uniform=kind == "uniform", noise_scale=scale, gen=self.tgen,
-                                             region_std=ec.region_std, min_std=ec.min_std)
+                                             region_std=ec.region_std, min_std=min_std)
                     return res.action, res.safeguard, res.U
                 label = (("uniform" if kind == "uniform" else f"policy, noise x{scale:g}")
                          if explore_ok else "last certified policy")

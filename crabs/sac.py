@@ -98,7 +98,7 @@ class ConstrainedSAC:
         info = {}
         self.n_updates += 1
         if self.cfg.model_horizon > 0 and self.n_updates % self.cfg.model_every == 0:
-            ret = self.model_return(s[: self.cfg.model_batch], model)
+            ret = self.model_return(s[: self.cfg.model_batch], model, h if self.cfg.model_masked else None)
             pi_loss = pi_loss - ret.mean()
             info["model_return"] = float(ret.detach().mean())
         self._policy_step(pi_loss)
@@ -115,16 +115,31 @@ class ConstrainedSAC:
         return {"q_loss": float(q_loss.detach()), "pi_loss": float(pi_loss.detach()), "alpha": float(alpha),
                 "certified_frac": float((u <= 0).float().mean()), "mask_frac": float(mask.mean()), **info}
 
-    def model_return(self, s: torch.Tensor, model) -> torch.Tensor:
+    def model_return(self, s: torch.Tensor, model, h=None) -> torch.Tensor:
         """sum_{t<H} gamma^t r(s_t) + gamma^H min Q(s_H, pi(s_H)) for the mean policy from each s,
-        through the ensemble's mean prediction (``model_horizon``), differentiable in the policy."""
+        through the ensemble's mean prediction (``model_horizon``), differentiable in the policy.
+        With ``h``, masked like Eq. (10)'s Q-hat: the first step whose action has U(s_t, a_t, h) > 0
+        ends the rollout with -C - U there, so the term never rewards leaving C_h."""
         x, ret, disc = s, torch.zeros(len(s)), 1.0
+        alive = torch.ones(len(s))
         for _ in range(self.cfg.model_horizon):
-            ret = ret + disc * torch.as_tensor(self.reward(x), dtype=torch.float32)
-            x = model.means(x, self.policy.mean_action(x)).mean(0)
+            a = self.policy.mean_action(x)
+            r = torch.as_tensor(self.reward(x), dtype=torch.float32)
+            if h is not None:
+                u = U(h, model, x, a)
+                inside = (u <= 0).float()
+                r = torch.where(u <= 0, r, -self.cfg.big_c - u)
+            ret = ret + disc * alive * r
+            if h is not None:
+                alive = alive * inside
+            x = model.means(x, a).mean(0)
             disc *= self.cfg.gamma
-        q1, q2 = self.q(x, self.policy.mean_action(x))
-        return ret + disc * torch.min(q1, q2)
+        a = self.policy.mean_action(x)
+        q = torch.min(*self.q(x, a))
+        if h is not None:
+            u = U(h, model, x, a)
+            q = torch.where(u <= 0, q, -self.cfg.big_c - u)
+        return ret + disc * alive * q
 
     def value_range(self, r: torch.Tensor, logp: torch.Tensor, alpha: torch.Tensor) -> tuple[float, float]:
         """Bounds of a soft value under the rewards seen so far (``clip_target``, see above)."""
@@ -135,12 +150,19 @@ class ConstrainedSAC:
         hi = (self.r_range[1] + a * self.policy.act_dim * math.log(2.0)) * g
         return lo, hi
 
-    def adversarial_step(self, s_star: torch.Tensor, h, model, coef: float = 1.0) -> float:
-        """Line 6 of Algorithm 4: minimise mean U(s*, pi(s*), h) over the policy's parameters."""
+    def adversarial_step(self, s_star: torch.Tensor, h, model, coef: float = 1.0,
+                         anchor: tuple[torch.Tensor, torch.Tensor, float] | None = None) -> float:
+        """Line 6 of Algorithm 4: minimise mean U(s*, pi(s*), h) over the policy's parameters.
+        ``anchor`` = (states, actions, beta) adds beta * mean ||mu(states) - actions||^2, a proximal
+        term that keeps the mean policy where it was away from s* (a departure; paper: none)."""
         if len(s_star) == 0:
             return float("nan")
         u = U(h, model, s_star, self.policy.mean_action(s_star))
-        self._policy_step(coef * u.mean())
+        loss = coef * u.mean()
+        if anchor is not None:
+            states, actions, beta = anchor
+            loss = loss + beta * (self.policy.mean_action(states) - actions).pow(2).sum(-1).mean()
+        self._policy_step(loss)
         return float(u.detach().max())
 
     def _policy_step(self, loss: torch.Tensor) -> None:

@@ -311,3 +311,69 @@ def test_model_term_moves_the_policy_toward_a_better_equilibrium():
             assert float(sac.model_return(s[:8], PushModel()).mean()) > float(before)
     # (without the term only the entropy bonus acts, which Adam's normalisation makes visible too)
     assert ends[5] > 0.2 and ends[5] > ends[0] + 0.3
+
+
+def test_adversarial_step_anchor_keeps_the_policy_where_it_was_away_from_the_violators():
+    """Alg. 4 line 6 lowers U at the violating states s*; with ``anchor`` (states, actions, beta) it
+    also keeps the mean action elsewhere near its old value, where the plain step drags it along."""
+    s_star = torch.tensor([[0.9, 0.0]])          # pushing right from here leaves the band: U > 0
+    far = torch.tensor([[-0.9, 0.0]])            # pushing right from here is safe
+    result = {}
+    for beta in (0.0, 10.0):
+        policy = pushing_policy()
+        sac = ConstrainedSAC(policy, SACConfig(critic_hidden=(16,), lr=1e-2))
+        with torch.no_grad():
+            old_far = policy.mean_action(far)
+            u0 = float(U(BandH(), PushModel(), s_star, policy.mean_action(s_star)))
+        for _ in range(100):
+            sac.adversarial_step(s_star, BandH(), PushModel(), 1.0,
+                                 anchor=(far, old_far, beta) if beta else None)
+        with torch.no_grad():
+            u1 = float(U(BandH(), PushModel(), s_star, policy.mean_action(s_star)))
+            moved = float((policy.mean_action(far) - old_far).abs().max())
+        assert u1 < u0 and u0 > 0
+        result[beta] = (u1, moved)
+    assert result[0.0][0] <= 0                   # the plain step certifies s* ...
+    assert result[0.0][1] > 0.3                  # ... and drags the far action along
+    assert result[10.0][1] < 0.1                 # the anchored one keeps it
+    assert result[10.0][0] <= 0                  # and still certifies s*
+    from crabs.config import Config
+
+    assert Config().sac.adv_anchor == 0.0        # the paper's Alg. 4 is the default
+    with pytest.raises(ValueError, match="sac.adv_anchor: must be >= 0"):
+        Config.from_dict({"sac": {"adv_anchor": -1.0}})
+
+
+def test_model_return_with_h_is_masked_like_q_hat():
+    """With h, the H-step model return follows Eq. (10)'s Q-hat along the rollout: the first step
+    whose action leaves C_h (U > 0) ends it with -C - U there, discounted; nothing after it counts."""
+    policy = pushing_policy()                   # mean action tanh(2) = 0.96: leaves the band fast
+    cfg = SACConfig(critic_hidden=(16,), model_horizon=4, gamma=0.9, big_c=1000.0)
+
+    def reward(s):
+        return -s[..., 0] ** 2
+
+    sac = ConstrainedSAC(policy, cfg, reward)
+    h, model = BandH(), PushModel()
+    s = torch.tensor([[0.9, 0.0], [-0.9, 0.0]])
+    got = sac.model_return(s, model, h).detach()
+    with torch.no_grad():
+        a0 = policy.mean_action(s)
+        u0 = U(h, model, s, a0)
+        x1 = s + torch.cat([1.025 * a0, torch.zeros_like(a0)], -1)
+        u1 = U(h, model, x1, policy.mean_action(x1))
+    assert u0[0] > 0 and u0[1] <= 0 and u1[1] > 0  # the first leaves at t = 0, the second at t = 1
+    torch.testing.assert_close(got[0], -1000.0 - u0[0])
+    torch.testing.assert_close(got[1], reward(s[1]) + 0.9 * (-1000.0 - u1[1]))
+    unmasked = sac.model_return(s, model).detach()
+    assert (unmasked > -100).all()              # without h the same rollouts look harmless
+    from crabs.config import Config
+
+    assert Config().sac.model_masked is False
+    batch = {"s": s, "a": torch.zeros(2, 1), "r": torch.zeros(2), "s2": s.clone(), "done": torch.zeros(2)}
+    for masked in (False, True):               # the SAC update passes h to the term only when masked
+        sac = ConstrainedSAC(pushing_policy(), SACConfig(critic_hidden=(16,), model_horizon=4, gamma=0.9,
+                                                         model_masked=masked, lr=0.0), reward)
+        want = sac.model_return(s, model, h if masked else None).detach().mean()
+        info = sac.update(batch, h, model)
+        assert info["model_return"] == pytest.approx(float(want), rel=1e-5)

@@ -404,3 +404,32 @@ def test_model_failures_are_counted_and_written_to_the_ledger(tmp_path):
     assert notes[0]["kind"] == "uniform"
     assert notes[0]["safeguard"] is False and len(notes[0]["next_state"]) == len(notes[0]["state"])
     assert crabs.counters.violations == 0  # a note never touches the counters
+
+
+def test_min_std_from_epoch_delays_the_exploration_floor(tmp_path, monkeypatch):
+    """``explore.min_std`` reaches Alg. 3 only from epoch ``explore.min_std_from_epoch`` on (1-based,
+    as metrics.csv counts epochs); before it the paper's proposals (no floor) are used."""
+    import crabs.loop as loop
+    from crabs.explore import ExploreResult
+    from crabs.system import builtin_system
+
+    cfg = Config.from_dict({**TINY, "explore": {"min_std": 0.3, "min_std_from_epoch": 3}})
+    crabs = CRABS(builtin_system("upright"), cfg, tmp_path, progress=False)
+    crabs.certified = True
+    seen = []
+
+    def spy(s, policy, h, model, n, noise_decay, **kw):
+        seen.append(kw["min_std"])
+        return ExploreResult(crabs._safe_act(s), True, 0.0)
+
+    monkeypatch.setattr(loop, "safeguarded_action", spy)
+    floors = {}
+    for epoch in (0, 1, 2, 3):                # epochs 1-4 of the run
+        seen.clear()
+        crabs.epoch = epoch
+        crabs.collect()
+        floors[epoch + 1] = set(seen)
+    assert floors == {1: {0.0}, 2: {0.0}, 3: {0.3}, 4: {0.3}}
+    assert crabs.counters.violations == 0
+    with pytest.raises(ValueError, match="explore.min_std_from_epoch: must be >= 1"):
+        Config.from_dict({"explore": {"min_std_from_epoch": 0}})

@@ -16,9 +16,11 @@
   the model (value expansion, as in SVG(H) / MVE). Moving an equilibrium the policy holds changes
   Q(s, a) by far less than the critic's error, so one-step Q gradients barely do it (Tilt's hold
   point); an H-step return through the model can where the model has data, and holds the policy
-  back where it extrapolates (measurements in docs/config.md).
+  back where it extrapolates (measurements in docs/config.md). With ``model_masked`` the rollout
+  is valued like Q-hat: its first step with U > 0 ends it with -C - U.
 * Adversarial step: minimise the mean of U(s*, pi(s*), h) over the adversarial states s* (the
-  gradient of C* w.r.t. the policy parameters, Sec. 4.4).
+  gradient of C* w.r.t. the policy parameters, Sec. 4.4), optionally plus a proximal term on the
+  mean action elsewhere (``adv_anchor``, a departure; see ``adversarial_step``).
 """
 
 from __future__ import annotations

@@ -64,6 +64,10 @@ def main() -> int:
               f"{s['env_steps']}, certified volume {s['certified_volume']:.3f}, model failures "
               f"{s.get('model_failures', '?')} -> {'PASS' if ok else 'FAIL'}",
               flush=True)
+        if "final_eval_end_h" in s:  # h well above 0 here: the policy, not C_h, limits the return
+            end = ", ".join(f"{x:.3g}" for x in s["final_eval_end_state"])
+            print(f"  final evaluation ends at ({end}), h {s['final_eval_end_h']:.3f} there, "
+                  f"lowest h on the way {s['final_eval_min_h']:.3f}", flush=True)
         if args.task in ("upright", "tilt"):  # is every certified state truly viable?
             from crabs.judge import judge_run
 

@@ -127,13 +127,11 @@ class ConstrainedSAC:
         for _ in range(self.cfg.model_horizon):
             a = self.policy.mean_action(x)
             r = torch.as_tensor(self.reward(x), dtype=torch.float32)
-            if h is not None:
+            if h is not None:  # Q-hat along the rollout; nothing counts after the first exit
                 u = U(h, model, x, a)
-                inside = (u <= 0).float()
-                r = torch.where(u <= 0, r, -self.cfg.big_c - u)
-            ret = ret + disc * alive * r
-            if h is not None:
-                alive = alive * inside
+                r = alive * torch.where(u <= 0, r, -self.cfg.big_c - u)
+                alive = alive * (u <= 0).float()
+            ret = ret + disc * r
             x = model.means(x, a).mean(0)
             disc *= self.cfg.gamma
         a = self.policy.mean_action(x)

@@ -52,6 +52,8 @@ def test_smoke_run_is_safe_and_complete(tiny_run):
         rows = [r for r in csv.DictReader(fh) if r["eval_return"]]
     assert len(rows) == 3 and all(len(r["eval_end_state"].split()) == 2 for r in rows)
     assert all(float(r["eval_min_h"]) <= min(float(r["eval_end_h"]), 0.307) for r in rows)
+    assert len(summary["final_eval_end_state"]) == 2   # the final evaluation's diagnostics too
+    assert summary["final_eval_min_h"] <= min(summary["final_eval_end_h"], 0.307)
 
 
 def test_refuses_to_overwrite_a_run(tiny_run):

@@ -296,13 +296,10 @@ def _validate(obj, where: str) -> None:
         raise ValueError(f"{where}.dilation: must be in (0, 1), got {obj.dilation}")
     if not 0.0 <= getattr(obj, "refresh_frac", 0.0) <= 1.0:
         raise ValueError(f"{where}.refresh_frac: must be in [0, 1], got {obj.refresh_frac}")
-    if not getattr(obj, "adv_anchor", 0.0) >= 0:
-        raise ValueError(f"{where}.adv_anchor: must be >= 0, got {obj.adv_anchor}")
-    if getattr(obj, "min_std_from_epoch", 1) < 1:
-        raise ValueError(f"{where}.min_std_from_epoch: must be >= 1, got {obj.min_std_from_epoch}")
-    if getattr(obj, "model_every", 1) < 1:
-        raise ValueError(f"{where}.model_every: must be >= 1, got {obj.model_every}")
-    for name in ("region_std", "min_std"):
+    for name in ("min_std_from_epoch", "model_every"):
+        if getattr(obj, name, 1) < 1:
+            raise ValueError(f"{where}.{name}: must be >= 1, got {getattr(obj, name)}")
+    for name in ("region_std", "min_std", "adv_anchor"):
         if not getattr(obj, name, 0.0) >= 0:
             raise ValueError(f"{where}.{name}: must be >= 0, got {getattr(obj, name)}")
     if getattr(obj, "reg_states", "candidates") not in ("candidates", "certified", "visited"):

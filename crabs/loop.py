@@ -690,7 +690,7 @@ def train(system: str | System | None, config: Config | None = None, out: str | 
                "violations": crabs.counters.violations, "final_eval_return": final["eval_return"],
                # where the final evaluation ended and h there (h well above 0: the policy, not
                # the certificate, limits the return), as the eval_* columns of metrics.csv
-               "final_eval_end_state": [float(x) for x in final["eval_end_state"].split()],
+               "final_eval_end_state": [float(x) for x in crabs.last_eval_states[-1]],
                "final_eval_end_h": final["eval_end_h"], "final_eval_min_h": final["eval_min_h"],
                "mean_return": float(np.mean([r["eval_return"] for r in crabs.log.rows
                                              if "eval_return" in r])),

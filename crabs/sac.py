@@ -95,7 +95,7 @@ class ConstrainedSAC:
         pa, logp = self.policy.sample(s)
         q1p, _ = self.q(s, pa)
         u = U(h, model, s, pa)
-        q_hat = torch.where(u <= 0, q1p, -self.cfg.big_c - u)
+        q_hat = self.q_hat(q1p, u)
         pi_loss = (alpha * logp - q_hat).mean()
         info = {}
         self.n_updates += 1
@@ -117,6 +117,10 @@ class ConstrainedSAC:
         return {"q_loss": float(q_loss.detach()), "pi_loss": float(pi_loss.detach()), "alpha": float(alpha),
                 "certified_frac": float((u <= 0).float().mean()), "mask_frac": float(mask.mean()), **info}
 
+    def q_hat(self, value: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Eq. (10)'s mask: ``value`` where U(s, a, h) <= 0, -C - U(s, a, h) elsewhere."""
+        return torch.where(u <= 0, value, -self.cfg.big_c - u)
+
     def model_return(self, s: torch.Tensor, model, h=None) -> torch.Tensor:
         """sum_{t<H} gamma^t r(s_t) + gamma^H min Q(s_H, pi(s_H)) for the mean policy from each s,
         through the ensemble's mean prediction (``model_horizon``), differentiable in the policy.
@@ -129,7 +133,7 @@ class ConstrainedSAC:
             r = torch.as_tensor(self.reward(x), dtype=torch.float32)
             if h is not None:  # Q-hat along the rollout; nothing counts after the first exit
                 u = U(h, model, x, a)
-                r = alive * torch.where(u <= 0, r, -self.cfg.big_c - u)
+                r = alive * self.q_hat(r, u)
                 alive = alive * (u <= 0).float()
             ret = ret + disc * r
             x = model.means(x, a).mean(0)
@@ -138,7 +142,7 @@ class ConstrainedSAC:
         q = torch.min(*self.q(x, a))
         if h is not None:
             u = U(h, model, x, a)
-            q = torch.where(u <= 0, q, -self.cfg.big_c - u)
+            q = self.q_hat(q, u)
         return ret + disc * alive * q
 
     def value_range(self, r: torch.Tensor, logp: torch.Tensor, alpha: torch.Tensor) -> tuple[float, float]:

@@ -56,6 +56,11 @@ def figure2(runs: Sequence[tuple[str, str | Path]], out: str | Path, title: str 
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
+    return _save(fig, out)
+
+
+def _save(fig, out: str | Path) -> Path:
+    """Lay out, write (120 dpi) and close a figure."""
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=120)
@@ -127,8 +132,4 @@ def figure3(h, spec, low, high, trajectory: np.ndarray | None, out: str | Path, 
     ax.legend(fontsize=7, loc="upper right")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)

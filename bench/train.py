@@ -64,6 +64,9 @@ def main() -> int:
               f"{s['env_steps']}, certified volume {s['certified_volume']:.3f}, model failures "
               f"{s.get('model_failures', '?')} -> {'PASS' if ok else 'FAIL'}",
               flush=True)
+        if "final_policy_epoch" in s:  # which policy was delivered, and what the last epoch's scored
+            print(f"  delivered policy ({s['final_policy']}): epoch {s['final_policy_epoch']} of "
+                  f"{s['epochs']}; the last epoch's evaluation {s['last_epoch_eval_return']:.4g}", flush=True)
         if "final_eval_end_h" in s:  # h well above 0 here: the policy, not C_h, limits the return
             end = ", ".join(f"{x:.3g}" for x in s["final_eval_end_state"])
             print(f"  final evaluation ends at ({end}), h {s['final_eval_end_h']:.3f} there, "
@@ -75,6 +78,10 @@ def main() -> int:
             print(f"  certificate vs oracle: certified {j['certified']:.3f} of the box, kernel "
                   f"{j['viable']:.3f}, certified but not viable {j['certified_not_viable_states']} "
                   f"grid states, kernel covered {j['kernel_covered']:.2f}", flush=True)
+            if j["best"] is not None and s.get("final_policy") == "best":
+                b = j["best"]
+                print(f"  delivered certificate vs oracle: certified {b['certified']:.3f}, certified but "
+                      f"not viable {b['certified_not_viable_states']} grid states", flush=True)
     print(f"# {sum(rows)}/{len(rows)} seeds meet every target; load now {os.getloadavg()}")
     return 0 if all(rows) else 1
 

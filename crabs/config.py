@@ -184,6 +184,10 @@ class Config:
     init_noise_region: float = 0.15            # every coordinate is within this fraction of the state
                                                # box around 0; outside it the initial policy acts alone
     eval_every: int = 1                        # epochs between evaluations of the mean policy
+    final_policy: str = "best"                 # the policy the run delivers (policy.pt, the final
+                                               # evaluation): "best", the certified (policy, h) pair
+                                               # with the highest evaluation return so far, or
+                                               # "last", the policy of the last epoch (paper)
     checkpoint_every: int = 1
     dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
     barrier: BarrierConfig = field(default_factory=BarrierConfig)
@@ -302,6 +306,8 @@ def _validate(obj, where: str) -> None:
     for name in ("region_std", "min_std", "adv_anchor"):
         if not getattr(obj, name, 0.0) >= 0:
             raise ValueError(f"{where}.{name}: must be >= 0, got {getattr(obj, name)}")
+    if getattr(obj, "final_policy", "best") not in ("best", "last"):
+        raise ValueError(f"{where}.final_policy: must be 'best' or 'last', got {obj.final_policy!r}")
     if getattr(obj, "reg_states", "candidates") not in ("candidates", "certified", "visited"):
         raise ValueError(f"{where}.reg_states: must be 'candidates', 'certified' or 'visited', "
                          f"got {obj.reg_states!r}")
@@ -344,6 +350,6 @@ PAPER = {
     "dynamics.init_steps": 20000, "barrier.hidden": (256, 256), "barrier.max_steps": 20000,
     "barrier.quiet_steps": 5000, "mala.chains": 10000, "mala.adapt_rate": 0.01, "sac.hidden": (256, 256),
     "sac.critic_hidden": (256, 256), "barrier.regrow": False, "barrier.box_barrier": False,
-    "sac.steps_per_epoch": 2000,
+    "sac.steps_per_epoch": 2000, "final_policy": "last",
 }
 """Where the default departs from the paper (value = the paper's). See docs/config.md."""

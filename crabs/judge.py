@@ -18,8 +18,9 @@ from crabs.config import Config
 from crabs.envs import get_task
 
 
-def load_barrier(run_dir: str | Path) -> tuple[Barrier, Config]:
-    """The certificate of a run folder's last checkpoint (weights only)."""
+def load_barrier(run_dir: str | Path, which: str = "last") -> tuple[Barrier | None, Config]:
+    """The certificate of a run folder's last checkpoint (weights only): the training state's
+    (``which="last"``) or the best certified pair's (``"best"``, None if the run kept none)."""
     run = Path(run_dir)
     cfg = Config.from_dict(yaml.safe_load((run / "config.yaml").read_text()))
     t = get_task(cfg.task)
@@ -28,7 +29,14 @@ def load_barrier(run_dir: str | Path) -> tuple[Barrier, Config]:
     blob = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     if blob.get("system") != cfg.task:
         raise ValueError(f"checkpoint is from task {blob.get('system')!r}, not {cfg.task!r}")
-    h.load_state_dict(blob["barrier"]["h"])
+    if which not in ("last", "best"):
+        raise ValueError(f"which must be 'last' or 'best', got {which!r}")
+    if which == "best":
+        if not blob.get("best"):
+            return None, cfg
+        h.load_state_dict(blob["best"]["h"])
+    else:
+        h.load_state_dict(blob["barrier"]["h"])
     return h.eval(), cfg
 
 
@@ -49,7 +57,11 @@ def judge_certificate(h: Barrier, n_theta: int = 301, n_theta_dot: int = 321) ->
 
 
 def judge_run(run_dir: str | Path) -> dict:
+    """The last certificate judged, and under ``"best"`` the best certified pair's (what a run with
+    ``final_policy: best`` delivers; None if the run kept none)."""
     h, cfg = load_barrier(run_dir)
     if cfg.task not in ("upright", "tilt"):
         raise ValueError(f"ground truth exists only for the 2-D pendulum tasks, not {cfg.task!r}")
-    return {"task": cfg.task, **judge_certificate(h)}
+    best, _ = load_barrier(run_dir, "best")
+    return {"task": cfg.task, **judge_certificate(h),
+            "best": judge_certificate(best) if best is not None else None}

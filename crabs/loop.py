@@ -75,6 +75,9 @@ class CRABS:
         # the current (policy, certificate, model) triple could not be certified
         self.safe_policy_state = copy.deepcopy(self.policy.state_dict())
         self._safe_policy = None  # a policy network holding safe_policy_state, built on demand
+        # the certified (policy, h) pair with the highest evaluation return so far, what the run
+        # delivers with final_policy "best": {"epoch", "return", "policy", "h"}
+        self.best: dict | None = None
         self._rows_at_start = 0
 
     # -- environment ------------------------------------------------------------------------
@@ -378,6 +381,29 @@ class CRABS:
                 "eval_end_h": float(hv[-1]), "eval_min_h": float(hv.min()),
                 "eval_end_state": " ".join(f"{x:.4g}" for x in ep["states"][-1])}
 
+    def keep_if_best(self, epoch: int, ret: float) -> None:
+        """Remember the evaluated (policy, h) pair if the evaluation ran the current policy
+        certified by the current h and its return is the highest so far (``final_policy``)."""
+        if not self.certified or not np.isfinite(ret):
+            return
+        if self.best is not None and ret <= self.best["return"]:
+            return
+        self.best = {"epoch": int(epoch), "return": float(ret),
+                     "policy": copy.deepcopy(self.policy.state_dict()),
+                     "h": copy.deepcopy(self.h.state_dict())}
+
+    def adopt_final_policy(self) -> int:
+        """With ``final_policy: best``, load the best certified pair into the policy and h (for the
+        final evaluation, policy.pt and the plots; last.pt keeps the training state). Returns the
+        epoch whose policy is delivered."""
+        if self.cfg.final_policy == "last" or self.best is None:
+            return self.epoch
+        self.policy.load_state_dict(self.best["policy"])
+        self.h.load_state_dict(self.best["h"])
+        self.certified = True
+        self.adv.invalidate()
+        return self.best["epoch"]
+
     def box_samples(self, n: int = 20000) -> torch.Tensor:
         """n uniform states of the state box."""
         lo = torch.as_tensor(self.sys.state_low, dtype=torch.float32)
@@ -494,6 +520,7 @@ class CRABS:
         lap("verify")
         if cfg.eval_every and (self.epoch + 1) % cfg.eval_every == 0:
             row.update(self.evaluate())
+            self.keep_if_best(self.epoch + 1, row["eval_return"])
         row.update(certified_volume=self.certified_volume(), uniform_violations=self.uniform_violations(),
                    env_steps=self.counters.env_steps,
                    episodes=self.counters.episodes, violations=self.counters.violations)
@@ -509,7 +536,8 @@ class CRABS:
                 "certified": self.certified, "safe_policy": self.safe_policy_state,
                 "model": self.dyn.state_dict(),
                 "barrier": self.cert.state_dict(), "sac": self.sac.state_dict(),
-                "buffer": self.buffer.state_dict(), "log": self.log.rows, "rng": self._rng_state()}
+                "buffer": self.buffer.state_dict(), "log": self.log.rows, "rng": self._rng_state(),
+                "best": self.best}
 
     def _rng_state(self) -> dict:
         st = self.rng.bit_generator.state
@@ -533,6 +561,7 @@ class CRABS:
         self.buffer.load_state_dict(d["buffer"])
         self.refresh_support()
         self.log.rows = list(d["log"])
+        self.best = d.get("best")  # absent from checkpoints written before final_policy existed
         self._rows_at_start = len(self.log.rows)
         r = d["rng"]
         self.rng.bit_generator.state = {"bit_generator": r["bitgen"], "state": {
@@ -550,9 +579,16 @@ class CRABS:
         tmp = ck / "last.pt.tmp"
         torch.save(self.state_dict(), tmp)
         tmp.replace(path)
-        torch.save({"spec": self.policy.spec(), "state_dict": self.policy.state_dict(),
-                    "meta": {"task": self.sys.name, "epoch": self.epoch}}, ck / "policy.pt")
+        self.save_policy(self.epoch)
         return path
+
+    def save_policy(self, epoch: int) -> None:
+        """checkpoints/policy.pt: the policy that acts (the last certified one while the current
+        policy is not certified), with the epoch it is from."""
+        state = self.policy.state_dict() if self.certified else self.safe_policy_state
+        torch.save({"spec": self.policy.spec(), "state_dict": state,
+                    "meta": {"task": self.sys.name, "epoch": int(epoch)}},
+                   self.dir / "checkpoints" / "policy.pt")
 
     def resume(self) -> None:
         path = self.dir / "checkpoints" / "last.pt"
@@ -668,6 +704,7 @@ def train(system: str | System | None, config: Config | None = None, out: str | 
         row = {"epoch": 0, **info, **crabs.evaluate(), "env_steps": crabs.counters.env_steps,
                "episodes": crabs.counters.episodes, "violations": crabs.counters.violations,
                "epoch_s": round(time.time() - started, 2)}
+        crabs.keep_if_best(0, row["eval_return"])
         crabs.log.rows.append(row)
         crabs.write_metrics()
         crabs.save()
@@ -683,11 +720,17 @@ def train(system: str | System | None, config: Config | None = None, out: str | 
                         ret=f"{row.get('eval_return', float('nan')):.3g}",
                         vol=f"{row['certified_volume']:.3f}", steps=crabs.counters.env_steps)
     crabs.save()
+    last_return = next((r["eval_return"] for r in reversed(crabs.log.rows) if "eval_return" in r), None)
+    policy_epoch = crabs.adopt_final_policy()
+    crabs.save_policy(policy_epoch)
     final = crabs.evaluate()
     crabs.write_metrics()
     summary = {"task": system.name, "algorithm": "crabs", "seed": cfg.seed,
                "env_steps": crabs.counters.env_steps, "episodes": crabs.counters.episodes,
                "violations": crabs.counters.violations, "final_eval_return": final["eval_return"],
+               # the delivered policy (final_policy): its epoch, and the last epoch's evaluation
+               "final_policy": cfg.final_policy, "final_policy_epoch": policy_epoch,
+               "last_epoch_eval_return": last_return,
                # where the final evaluation ended and h there (h well above 0: the policy, not
                # the certificate, limits the return), as the eval_* columns of metrics.csv
                "final_eval_end_state": [float(x) for x in crabs.last_eval_states[-1]],

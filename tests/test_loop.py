@@ -54,6 +54,29 @@ def test_smoke_run_is_safe_and_complete(tiny_run):
     assert all(float(r["eval_min_h"]) <= min(float(r["eval_end_h"]), 0.307) for r in rows)
     assert len(summary["final_eval_end_state"]) == 2   # the final evaluation's diagnostics too
     assert summary["final_eval_min_h"] <= min(summary["final_eval_end_h"], 0.307)
+    # final_policy "best": the delivered policy is the evaluated one of its epoch (Upright from s0 is
+    # deterministic, so its final evaluation repeats that epoch's return), no certified epoch scored
+    # more, and policy.pt holds it
+    k = summary["final_policy_epoch"]
+    assert summary["final_policy"] == "best" and 0 <= k <= 2
+    assert summary["final_eval_return"] == pytest.approx(float(rows[k]["eval_return"]), abs=1e-9)
+    certified = [float(r["eval_return"]) for r in rows if r.get("policy_certified") == "True"]
+    assert all(summary["final_eval_return"] >= x - 1e-9 for x in certified)
+    assert summary["last_epoch_eval_return"] == pytest.approx(float(rows[-1]["eval_return"]))
+    assert torch.load(out / "checkpoints" / "policy.pt", weights_only=True)["meta"]["epoch"] == k
+
+
+def test_judge_reads_the_last_and_the_delivered_certificate(tiny_run):
+    from crabs.judge import judge_run, load_barrier
+
+    out, summary = tiny_run
+    j = judge_run(out)
+    assert j["task"] == "upright" and 0 < j["certified"] < j["viable"]
+    assert j["best"] is not None and 0 < j["best"]["certified"] < 1
+    if summary["final_policy_epoch"] == summary["epochs"]:  # the same h, judged twice
+        assert j["best"]["certified"] == j["certified"]
+    with pytest.raises(ValueError, match="which must be 'last' or 'best'"):
+        load_barrier(out, "first")
 
 
 def test_refuses_to_overwrite_a_run(tiny_run):
@@ -149,6 +172,42 @@ def test_fallback_policy_follows_the_last_certified_policy(tmp_path):
     c.policy.load_state_dict(new)
     torch.testing.assert_close(torch.as_tensor(a1), torch.as_tensor(c._mean_act(s)))
     torch.testing.assert_close(torch.as_tensor(a1), torch.as_tensor(ref))
+
+
+def test_best_pair_is_kept_only_from_certified_evaluations_and_delivered(tmp_path):
+    """final_policy: the highest-return evaluation whose policy was certified is kept with its h,
+    survives a checkpoint, and is what the run delivers with "best" (with "last", nothing moves)."""
+    from crabs.system import builtin_system
+
+    c = CRABS(builtin_system("upright"), Config.from_dict(TINY), tmp_path, progress=False)
+    c.certified = True
+    c.keep_if_best(1, -5.0)
+    pi1 = copy.deepcopy(c.policy.state_dict())
+    h1 = copy.deepcopy(c.h.state_dict())
+    with torch.no_grad():
+        for p in list(c.policy.parameters()) + list(c.h.parameters()):
+            p.add_(0.1)
+    c.keep_if_best(2, -6.0)           # lower return: not kept
+    c.certified = False
+    c.keep_if_best(3, -1.0)           # higher, but the evaluated policy was not certified: not kept
+    c.keep_if_best(4, float("nan"))
+    assert c.best["epoch"] == 1 and c.best["return"] == -5.0
+    c.epoch = 5
+    blob = c.state_dict()
+    c2 = CRABS(builtin_system("upright"), Config.from_dict(TINY), tmp_path / "b", progress=False)
+    c2.load_state_dict(blob)
+    assert c2.best["epoch"] == 1
+    last = CRABS(builtin_system("upright"), Config.from_dict({**TINY, "final_policy": "last"}),
+                 tmp_path / "c", progress=False)
+    last.load_state_dict(blob)
+    before = copy.deepcopy(last.policy.state_dict())
+    assert last.adopt_final_policy() == 5 and not last.certified
+    torch.testing.assert_close(last.policy.state_dict(), before)
+    assert c2.adopt_final_policy() == 1 and c2.certified
+    torch.testing.assert_close(c2.policy.state_dict(), pi1)
+    torch.testing.assert_close(c2.h.state_dict(), h1)
+    with pytest.raises(ValueError, match="final_policy: must be 'best' or 'last'"):
+        Config.from_dict({**TINY, "final_policy": "max"})
 
 
 def test_regulariser_states_of_the_previous_certified_set(tmp_path):

@@ -7,6 +7,7 @@ the viability kernel it covers says how much room the policy had.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -21,35 +22,53 @@ from crabs.envs import get_task
 def load_barrier(run_dir: str | Path, which: str = "last") -> tuple[Barrier | None, Config]:
     """The certificate of a run folder's last checkpoint (weights only): the training state's
     (``which="last"``) or the best certified pair's (``"best"``, None if the run kept none)."""
+    if which not in ("last", "best"):
+        raise ValueError(f"which must be 'last' or 'best', got {which!r}")
+    blob, cfg = _load_checkpoint(run_dir)
+    return _barrier(cfg, blob, which), cfg
+
+
+def _load_checkpoint(run_dir: str | Path) -> tuple[dict, Config]:
+    """A run folder's config and last checkpoint, checked to be of the same task."""
     run = Path(run_dir)
     cfg = Config.from_dict(yaml.safe_load((run / "config.yaml").read_text()))
-    t = get_task(cfg.task)
-    low, high = t.box()
-    h = Barrier(t.spec, cfg.barrier, torch.as_tensor((high - low) / 2), low, high)
     blob = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     if blob.get("system") != cfg.task:
         raise ValueError(f"checkpoint is from task {blob.get('system')!r}, not {cfg.task!r}")
-    if which not in ("last", "best"):
-        raise ValueError(f"which must be 'last' or 'best', got {which!r}")
-    if which == "best":
-        if not blob.get("best"):
-            return None, cfg
-        h.load_state_dict(blob["best"]["h"])
-    else:
-        h.load_state_dict(blob["barrier"]["h"])
-    return h.eval(), cfg
+    return blob, cfg
+
+
+def _barrier(cfg: Config, blob: dict, which: str) -> Barrier | None:
+    """The checkpoint's training-state (``"last"``) or best-pair (``"best"``) certificate."""
+    if which == "best" and not blob.get("best"):
+        return None
+    t = get_task(cfg.task)
+    low, high = t.box()
+    h = Barrier(t.spec, cfg.barrier, torch.as_tensor((high - low) / 2), low, high)
+    h.load_state_dict(blob["best"]["h"] if which == "best" else blob["barrier"]["h"])
+    return h.eval()
+
+
+@functools.lru_cache(maxsize=4)
+def _kernel_grid(n_theta: int, n_theta_dot: int) -> tuple[np.ndarray, np.ndarray]:
+    """The judging grid over |theta| <= 1.5, |theta_dot| <= 8 and the oracle's viability there
+    (computed once per grid size: it does not depend on the certificate)."""
+    from crabs.oracle import is_viable
+
+    th, thd = np.meshgrid(np.linspace(-1.5, 1.5, n_theta), np.linspace(-8, 8, n_theta_dot), indexing="ij")
+    s = np.stack([th.ravel(), thd.ravel()], -1)
+    viable = is_viable(s)
+    s.setflags(write=False)
+    viable.setflags(write=False)
+    return s, viable
 
 
 @torch.no_grad()
 def judge_certificate(h: Barrier, n_theta: int = 301, n_theta_dot: int = 321) -> dict:
     """Fractions of the state box |theta| <= 1.5, |theta_dot| <= 8 (a regular grid) that are
     certified, viable, and certified but not viable (must be 0 for a sound certificate)."""
-    from crabs.oracle import is_viable
-
-    th, thd = np.meshgrid(np.linspace(-1.5, 1.5, n_theta), np.linspace(-8, 8, n_theta_dot), indexing="ij")
-    s = np.stack([th.ravel(), thd.ravel()], -1)
-    cert = (h(torch.as_tensor(s, dtype=torch.float32)) >= 0).numpy()
-    viable = is_viable(s)
+    s, viable = _kernel_grid(n_theta, n_theta_dot)
+    cert = (h(torch.tensor(s, dtype=torch.float32)) >= 0).numpy()
     bad = cert & ~viable
     return {"certified": float(cert.mean()), "viable": float(viable.mean()),
             "certified_not_viable": float(bad.mean()), "certified_not_viable_states": int(bad.sum()),
@@ -59,9 +78,9 @@ def judge_certificate(h: Barrier, n_theta: int = 301, n_theta_dot: int = 321) ->
 def judge_run(run_dir: str | Path) -> dict:
     """The last certificate judged, and under ``"best"`` the best certified pair's (what a run with
     ``final_policy: best`` delivers; None if the run kept none)."""
-    h, cfg = load_barrier(run_dir)
+    blob, cfg = _load_checkpoint(run_dir)
     if cfg.task not in ("upright", "tilt"):
         raise ValueError(f"ground truth exists only for the 2-D pendulum tasks, not {cfg.task!r}")
-    best, _ = load_barrier(run_dir, "best")
-    return {"task": cfg.task, **judge_certificate(h),
+    best = _barrier(cfg, blob, "best")
+    return {"task": cfg.task, **judge_certificate(_barrier(cfg, blob, "last")),
             "best": judge_certificate(best) if best is not None else None}

@@ -82,6 +82,55 @@ def cmd_train(args) -> int:
     return 0 if result["violations"] == 0 else 1
 
 
+def cmd_baseline(args) -> int:
+    from crabs.baselines import BASELINES, load_sac_config
+
+    train = BASELINES[args.algorithm]
+    if args.resume:
+        result = train(args.task, None, args.resume, resume=True, progress=not args.quiet)
+    else:
+        if args.task is None or args.out is None:
+            raise ValueError("--task and --out are required (or --resume DIR)")
+        cfg = load_sac_config(args.config, args.task, seed=args.seed, total_steps=args.steps)
+        result = train(args.task, cfg, args.out, progress=not args.quiet)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from pathlib import Path
+
+    from crabs.plots import figure2
+
+    runs, table = [], []
+    for d in args.runs:
+        d = Path(d)
+        if not (d / "metrics.csv").exists() or not (d / "ledger.jsonl").exists():
+            raise FileNotFoundError(f"{str(d)!r} is not a run folder (no metrics.csv and ledger.jsonl)")
+        info = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
+        if not info:  # an unfinished run: its config names it, the ledger counts it
+            import yaml
+
+            from crabs.envs import ledger_totals, read_ledger
+
+            conf = yaml.safe_load((d / "config.yaml").read_text()) or {}
+            info = {"algorithm": conf.get("algorithm", "crabs"), "seed": conf.get("seed"),
+                    "task": conf.get("task"), **ledger_totals(read_ledger(d / "ledger.jsonl")).to_dict(),
+                    "final_eval_return": None}
+        runs.append((f"{info.get('algorithm')} s{info.get('seed')}", d))
+        table.append(info)
+    tasks = sorted({str(t.get("task")) for t in table})
+    out = figure2(runs, args.out, title=", ".join(tasks))
+    print(f"{'run':28s} {'task':8s} {'env steps':>10s} {'violations':>10s} {'final return':>13s}")
+    for (label, _), t in zip(runs, table):
+        ret = t.get("final_eval_return")
+        ret = "-" if ret is None else f"{ret:.4g}"
+        print(f"{label:28s} {str(t.get('task')):8s} {t.get('env_steps', 0):>10d} "
+              f"{t.get('violations', 0):>10d} {ret:>13s}")
+    print(f"figure: {out}")
+    return 0
+
+
 def cmd_oracle(args) -> int:
     from crabs import oracle
 
@@ -120,6 +169,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("baseline", help="train a baseline of the paper's Sec. 6 (violations counted "
+                       "by the same monitor)")
+    s.add_argument("algorithm", choices=["sac"], help="sac: SAC with a violation penalty (App. C.3)")
+    s.add_argument("--task", type=_task)
+    s.add_argument("--config", help="YAML file of SACPenaltyConfig keys (penalty, sac: {...}, ...)")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--steps", type=_positive_int, help="real steps to take (default: the task's budget)")
+    s.add_argument("--out", help="run folder (must be new)")
+    s.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_baseline)
+
+    s = sub.add_parser("compare", help="Figure 2 of several run folders (CRABS and baselines) and "
+                       "their violations and returns")
+    s.add_argument("runs", nargs="+", help="run folders")
+    s.add_argument("--out", default="compare.png", help="figure file (default compare.png)")
+    s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("oracle", help="ground truth for the 2-D pendulum tasks")
     s.add_argument("--task", type=_task, required=True)

@@ -15,7 +15,6 @@ certificate pre-trained for the initial policy and model (Alg. 1). Then, per epo
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import time
 from dataclasses import dataclass, field
@@ -28,9 +27,10 @@ from crabs.barrier import Barrier, CertificateTrainer, U, fit_certificate
 from crabs.buffer import ReplayBuffer
 from crabs.config import Config
 from crabs.dynamics import DynamicsTrainer, Ensemble, model_safe_rollouts, prediction_error
-from crabs.envs import MonitorCounters, SafetyMonitor, ledger_totals, read_ledger
+from crabs.envs import MonitorCounters, SafetyMonitor
 from crabs.explore import safeguarded_action
 from crabs.mala import Adversary
+from crabs.runs import recount, rng_state, set_rng_state, write_csv
 from crabs.sac import ConstrainedSAC
 from crabs.system import System
 
@@ -540,10 +540,7 @@ class CRABS:
                 "best": self.best}
 
     def _rng_state(self) -> dict:
-        st = self.rng.bit_generator.state
-        return {"bitgen": st["bit_generator"], "state": str(st["state"]["state"]),
-                "inc": str(st["state"]["inc"]), "has_uint32": st["has_uint32"],
-                "uinteger": st["uinteger"], "torch": torch.get_rng_state(),
+        return {**rng_state(self.rng), "torch": torch.get_rng_state(),
                 "tgen": self.tgen.get_state(), "adv": self.adv.gen.get_state()}
 
     def load_state_dict(self, d: dict) -> None:
@@ -564,9 +561,7 @@ class CRABS:
         self.best = d.get("best")  # absent from checkpoints written before final_policy existed
         self._rows_at_start = len(self.log.rows)
         r = d["rng"]
-        self.rng.bit_generator.state = {"bit_generator": r["bitgen"], "state": {
-            "state": int(r["state"]), "inc": int(r["inc"])}, "has_uint32": r["has_uint32"],
-            "uinteger": r["uinteger"]}
+        set_rng_state(self.rng, r)
         torch.set_rng_state(r["torch"])
         self.tgen.set_state(r["tgen"])
         self.adv.gen.set_state(r["adv"])
@@ -602,10 +597,7 @@ class CRABS:
     def recount_from_ledger(self) -> None:
         """Continue the counters from the largest totals the ledger records (every step taken
         before an interruption counts, checkpointed or not)."""
-        led = ledger_totals(read_ledger(self.dir / "ledger.jsonl"))
-        self.counters.env_steps = max(self.counters.env_steps, led.env_steps)
-        self.counters.episodes = max(self.counters.episodes, led.episodes)
-        self.counters.violations = max(self.counters.violations, led.violations)
+        recount(self.counters, self.dir / "ledger.jsonl")
 
     # -- the whole run ----------------------------------------------------------------------
     def prior_wall_clock(self) -> float:
@@ -627,18 +619,7 @@ class CRABS:
                 kernel=kernel)
 
     def write_metrics(self) -> None:
-        rows = self.log.rows
-        if not rows:
-            return
-        keys: list[str] = []
-        for r in rows:
-            keys += [k for k in r if k not in keys]
-        tmp = self.dir / "metrics.csv.tmp"
-        with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
-        tmp.replace(self.dir / "metrics.csv")
+        write_csv(self.dir / "metrics.csv", self.log.rows)
 
 
 # -- the public entry point -------------------------------------------------------------------

@@ -12,6 +12,7 @@ Layout of a run folder::
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crabs.envs import SafetyMonitor
+from crabs.envs import MonitorCounters, SafetyMonitor, ledger_totals, read_ledger
 
 LEDGER = "ledger.jsonl"
 SUMMARY = "summary.json"
@@ -89,3 +90,42 @@ def summary(task: str, algorithm: str, seed: int, env: SafetyMonitor, returns: S
             "episodes": c.episodes, "violations": c.violations,
             "mean_return": float(np.mean(returns)) if len(returns) else float("nan"),
             "wall_clock_s": round(time.time() - started, 3), **extra}
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[dict]) -> None:
+    """Rows (dicts, keys in order of first appearance) as CSV, written atomically."""
+    if not rows:
+        return
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    tmp.replace(path)
+
+
+def recount(counters: MonitorCounters, ledger: str | os.PathLike) -> None:
+    """Raise ``counters`` to the largest totals ``ledger`` records, so every real step and violation
+    taken before an interruption counts, checkpointed or not (resume)."""
+    led = ledger_totals(read_ledger(ledger))
+    counters.env_steps = max(counters.env_steps, led.env_steps)
+    counters.episodes = max(counters.episodes, led.episodes)
+    counters.violations = max(counters.violations, led.violations)
+
+
+def rng_state(rng: np.random.Generator) -> dict:
+    """A NumPy PCG64 generator's state in a form ``torch.load(weights_only=True)`` accepts."""
+    st = rng.bit_generator.state
+    return {"bitgen": st["bit_generator"], "state": str(st["state"]["state"]),
+            "inc": str(st["state"]["inc"]), "has_uint32": st["has_uint32"], "uinteger": st["uinteger"]}
+
+
+def set_rng_state(rng: np.random.Generator, r: dict) -> None:
+    """Inverse of :func:`rng_state`."""
+    rng.bit_generator.state = {"bit_generator": r["bitgen"], "state": {
+        "state": int(r["state"]), "inc": int(r["inc"])}, "has_uint32": r["has_uint32"],
+        "uinteger": r["uinteger"]}

@@ -73,7 +73,8 @@ class ConstrainedSAC:
         return self.log_alpha.exp()
 
     def update(self, batch: dict, h, model) -> dict:
-        """Lines 1-4 of Algorithm 4 on one minibatch."""
+        """Lines 1-4 of Algorithm 4 on one minibatch. With ``h`` None this is plain SAC (no mask,
+        Q-hat = Q1: the SAC baseline)."""
         s, a, r, s2, done = batch["s"], batch["a"], batch["r"], batch["s2"], batch["done"]
         alpha = self.alpha.detach()
         # critic (Eq. 11)
@@ -84,7 +85,7 @@ class ConstrainedSAC:
             if self.cfg.clip_target:
                 q_next = q_next.clamp(*self.value_range(r, logp2, alpha))
             target = r + self.cfg.gamma * (1 - done) * (q_next - alpha * logp2)
-            mask = (U(h, model, s2, a2) <= 0).float()
+            mask = (U(h, model, s2, a2) <= 0).float() if h is not None else torch.ones_like(r)
         q1, q2 = self.q(s, a)
         denom = mask.sum().clamp_min(1.0)
         q_loss = ((mask * ((q1 - target) ** 2 + (q2 - target) ** 2)).sum()) / denom
@@ -94,8 +95,11 @@ class ConstrainedSAC:
         # policy (Eq. 10)
         pa, logp = self.policy.sample(s)
         q1p, _ = self.q(s, pa)
-        u = U(h, model, s, pa)
-        q_hat = self.q_hat(q1p, u)
+        if h is not None:
+            u = U(h, model, s, pa)
+            q_hat = self.q_hat(q1p, u)
+        else:
+            u, q_hat = torch.zeros_like(q1p), q1p
         pi_loss = (alpha * logp - q_hat).mean()
         info = {}
         self.n_updates += 1
@@ -115,7 +119,8 @@ class ConstrainedSAC:
             for p, pt in zip(self.q.parameters(), self.q_targ.parameters()):
                 pt.lerp_(p, self.cfg.tau)
         return {"q_loss": float(q_loss.detach()), "pi_loss": float(pi_loss.detach()), "alpha": float(alpha),
-                "certified_frac": float((u <= 0).float().mean()), "mask_frac": float(mask.mean()), **info}
+                "certified_frac": float((u <= 0).float().mean()) if h is not None else math.nan,
+                "mask_frac": float(mask.mean()), **info}
 
     def q_hat(self, value: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Eq. (10)'s mask: ``value`` where U(s, a, h) <= 0, -C - U(s, a, h) elsewhere."""

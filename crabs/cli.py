@@ -83,7 +83,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_baseline(args) -> int:
-    from crabs.baselines import BASELINES, load_sac_config
+    from crabs.baselines import BASELINES, load_baseline_config
 
     train = BASELINES[args.algorithm]
     if args.resume:
@@ -91,7 +91,8 @@ def cmd_baseline(args) -> int:
     else:
         if args.task is None or args.out is None:
             raise ValueError("--task and --out are required (or --resume DIR)")
-        cfg = load_sac_config(args.config, args.task, seed=args.seed, total_steps=args.steps)
+        cfg = load_baseline_config(args.algorithm, args.config, args.task, seed=args.seed,
+                                   total_steps=args.steps)
         result = train(args.task, cfg, args.out, progress=not args.quiet)
     print(json.dumps(result, indent=2))
     return 0
@@ -121,12 +122,13 @@ def cmd_compare(args) -> int:
         table.append(info)
     tasks = sorted({str(t.get("task")) for t in table})
     out = figure2(runs, args.out, title=", ".join(tasks))
-    print(f"{'run':28s} {'task':8s} {'env steps':>10s} {'violations':>10s} {'final return':>13s}")
+    print(f"{'run':24s} {'task':8s} {'env steps':>10s} {'violations':>10s} {'of them offline':>16s} "
+          f"{'final return':>13s}")
     for (label, _), t in zip(runs, table):
         ret = t.get("final_eval_return")
         ret = "-" if ret is None else f"{ret:.4g}"
-        print(f"{label:28s} {str(t.get('task')):8s} {t.get('env_steps', 0):>10d} "
-              f"{t.get('violations', 0):>10d} {ret:>13s}")
+        print(f"{label:24s} {str(t.get('task')):8s} {t.get('env_steps', 0):>10d} "
+              f"{t.get('violations', 0):>10d} {t.get('offline_violations', 0):>16d} {ret:>13s}")
     print(f"figure: {out}")
     return 0
 
@@ -172,11 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("baseline", help="train a baseline of the paper's Sec. 6 (violations counted "
                        "by the same monitor)")
-    s.add_argument("algorithm", choices=["sac"], help="sac: SAC with a violation penalty (App. C.3)")
+    s.add_argument("algorithm", choices=["sac", "cpo", "recovery_rl", "sqrl"],
+                   help="sac: SAC with a violation penalty; cpo: CPO; recovery_rl: RecoveryRL (model-free "
+                   "recovery); sqrl: SQRL (Sec. 6, App. C.3)")
     s.add_argument("--task", type=_task)
-    s.add_argument("--config", help="YAML file of SACPenaltyConfig keys (penalty, sac: {...}, ...)")
+    s.add_argument("--config", help="YAML file of BaselineConfig keys (penalty, sac: {...}, risk: {...})")
     s.add_argument("--seed", type=int)
-    s.add_argument("--steps", type=_positive_int, help="real steps to take (default: the task's budget)")
+    s.add_argument("--steps", type=_positive_int,
+                   help="online real steps to take (default: the task's budget)")
     s.add_argument("--out", help="run folder (must be new)")
     s.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR")
     s.add_argument("--quiet", action="store_true", help="no progress bar")

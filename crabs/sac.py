@@ -72,9 +72,10 @@ class ConstrainedSAC:
     def alpha(self) -> torch.Tensor:
         return self.log_alpha.exp()
 
-    def update(self, batch: dict, h, model) -> dict:
+    def update(self, batch: dict, h, model, pi_penalty=None) -> dict:
         """Lines 1-4 of Algorithm 4 on one minibatch. With ``h`` None this is plain SAC (no mask,
-        Q-hat = Q1: the SAC baseline)."""
+        Q-hat = Q1: the baselines). ``pi_penalty(s, a)``, if given, is added to the policy loss
+        per sample (SQRL's nu Q_risk(s, a))."""
         s, a, r, s2, done = batch["s"], batch["a"], batch["r"], batch["s2"], batch["done"]
         alpha = self.alpha.detach()
         # critic (Eq. 11)
@@ -101,6 +102,8 @@ class ConstrainedSAC:
         else:
             u, q_hat = torch.zeros_like(q1p), q1p
         pi_loss = (alpha * logp - q_hat).mean()
+        if pi_penalty is not None:
+            pi_loss = pi_loss + pi_penalty(s, pa).mean()
         info = {}
         self.n_updates += 1
         if self.cfg.model_horizon > 0 and self.n_updates % self.cfg.model_every == 0:

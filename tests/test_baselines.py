@@ -3,13 +3,23 @@ a violation is penalised, stored as terminal and counted by the monitor, and an 
 resumes with the same counters."""
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 
-from crabs.baselines import SACPenaltyConfig, load_sac_config, train_sac_penalty
-from crabs.baselines.sac_penalty import SACPenalty
+from crabs.baselines import (
+    SQRL,
+    BaselineConfig,
+    RecoveryRL,
+    SACPenalty,
+    load_baseline_config,
+    train_recovery_rl,
+    train_sac_penalty,
+    train_sqrl,
+)
+from crabs.baselines.safety_critic import SafetyCritic
 from crabs.cli import main
 from crabs.config import SACConfig
 from crabs.envs import ledger_totals, read_ledger
@@ -39,8 +49,8 @@ def test_plain_sac_learns_a_one_step_bandit():
 def test_violation_is_penalised_terminal_and_counted(tmp_path):
     """A policy that pushes the pendulum over: the step into the unsafe set is stored with reward
     -penalty and done = 1, the monitor counts it and ends the episode there."""
-    cfg = SACPenaltyConfig.from_dict({"task": "upright", "total_steps": 300, "warmup": 10**6,
-                                      "from_initial": False, "penalty": 100.0})
+    cfg = BaselineConfig.from_dict({"task": "upright", "total_steps": 300, "warmup": 10**6,
+                                    "from_initial": False, "penalty": 100.0})
     learner = SACPenalty(builtin_system("upright"), cfg, tmp_path, progress=False)
     with torch.no_grad():  # mean action +1, tiny noise: the pendulum falls
         last = learner.policy.net[-1]
@@ -48,7 +58,7 @@ def test_violation_is_penalised_terminal_and_counted(tmp_path):
         last.bias.copy_(torch.tensor([5.0, -10.0]))
     env = learner._env("explore")
     try:
-        ep = learner.episode(env)
+        ep = learner.episode(env, budget=300)
     finally:
         env.close()
     assert ep["violated"] and learner.counters.violations == 1
@@ -63,7 +73,7 @@ def test_violation_is_penalised_terminal_and_counted(tmp_path):
 
 def test_run_folder_and_resume_continue_the_counters(tmp_path, monkeypatch):
     torch.set_num_threads(1)
-    cfg = SACPenaltyConfig.from_dict({"task": "upright", "total_steps": 800, **QUICK})
+    cfg = BaselineConfig.from_dict({"task": "upright", "total_steps": 800, **QUICK})
     calls = {"n": 0}
     real = SACPenalty.evaluate
 
@@ -103,23 +113,36 @@ def test_run_folder_and_resume_continue_the_counters(tmp_path, monkeypatch):
 
 def test_config_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown key"):
-        SACPenaltyConfig.from_dict({"penalti": 30})
+        BaselineConfig.from_dict({"penalti": 30})
     with pytest.raises(ValueError, match="penalty: must be >= 0"):
-        SACPenaltyConfig.from_dict({"penalty": -1.0})
+        BaselineConfig.from_dict({"penalty": -1.0})
     with pytest.raises(ValueError, match="no dynamics model"):
-        SACPenaltyConfig.from_dict({"sac": {"model_horizon": 3}})
+        BaselineConfig.from_dict({"sac": {"model_horizon": 3}})
     with pytest.raises(ValueError, match="not a built-in task"):
-        _ = SACPenaltyConfig.from_dict({"task": "my_robot"}).steps
-    assert SACPenaltyConfig().penalty == 30.0  # App. C.3
-    assert SACPenaltyConfig.from_dict({"task": "move"}).steps == 90000
+        _ = BaselineConfig.from_dict({"task": "my_robot"}).steps
+    with pytest.raises(ValueError, match="must be one of sac, cpo, recovery_rl, sqrl"):
+        BaselineConfig.from_dict({"algorithm": "ppo"})
+    with pytest.raises(ValueError, match="config.cpo: step_size must be > 0"):
+        BaselineConfig.from_dict({"cpo": {"step_size": 0.0}})
+    with pytest.raises(ValueError, match="must lie in"):
+        BaselineConfig.from_dict({"risk": {"gamma": 1.0}})
+    # App. C.3: SAC's penalty 30; RecoveryRL "without the violation penalty"; eps 0.5, gamma 0.6, nu 30
+    assert BaselineConfig().violation_penalty == 30.0
+    assert BaselineConfig(algorithm="recovery_rl").violation_penalty == 0.0
+    r = BaselineConfig().risk
+    assert (r.eps, r.gamma, r.nu, r.offline_random, r.offline_initial) == (0.5, 0.6, 30.0, 20000, 20000)
+    assert BaselineConfig.from_dict({"task": "move"}).steps == 90000
     f = tmp_path / "c.yaml"
     f.write_text("task: tilt\npenalty: 10\n")
     with pytest.raises(ValueError, match="for task 'tilt', not 'upright'"):
-        load_sac_config(f, "upright")
-    cfg = load_sac_config(f, "tilt", seed=3, total_steps=None)
+        load_baseline_config("sac", f, "upright")
+    cfg = load_baseline_config("sac", f, "tilt", seed=3, total_steps=None)
     assert (cfg.penalty, cfg.seed, cfg.total_steps) == (10.0, 3, 0)
+    f.write_text("algorithm: sqrl\n")
+    with pytest.raises(ValueError, match="is for 'sqrl', not 'sac'"):
+        load_baseline_config("sac", f, "tilt")
     with pytest.raises(ValueError, match="unknown task"):
-        load_sac_config(None, "walk")
+        load_baseline_config("sac", None, "walk")
 
 
 def test_compare_draws_figure2_and_tabulates(tmp_path, capsys):
@@ -136,3 +159,162 @@ def test_compare_draws_figure2_and_tabulates(tmp_path, capsys):
     assert str(s0["env_steps"]) in out
     assert main(["compare", str(tmp_path), "--out", str(fig)]) == 2
     assert "is not a run folder" in capsys.readouterr().err
+
+
+def test_safety_critic_learns_the_discounted_probability_of_a_violation():
+    """A chain -1 -> -1 (never violates), 0 -> 1 -> violation: Q_risk = 0, gamma_risk, 1."""
+    torch.manual_seed(0)
+    critic = SafetyCritic(1, 1, (32, 32), gamma=0.6, lr=3e-3, tau=0.05)
+    s = torch.tensor([[-1.0], [0.0], [1.0]])
+    s2 = torch.tensor([[-1.0], [1.0], [2.0]])
+    batch = {"s": s, "a": torch.zeros(3, 1), "r": torch.tensor([0.0, 0.0, 1.0]), "s2": s2,
+             "done": torch.tensor([0.0, 0.0, 1.0])}
+    for _ in range(1500):
+        critic.update(batch, lambda x: torch.zeros(len(x), 1))
+    with torch.no_grad():
+        q = critic(s, torch.zeros(3, 1))
+    assert q.numpy() == pytest.approx([0.0, 0.6, 1.0], abs=0.05)
+
+
+class _SignCritic(torch.nn.Module):
+    """Q_risk(s, a) = sigmoid(50 (a - m)): risky (> 0.5) exactly for a > m."""
+
+    def __init__(self, m: float):
+        super().__init__()
+        self.m = m
+
+    def forward(self, s, a):
+        return torch.sigmoid(50 * (a[..., 0] - self.m))
+
+
+class _LinearCritic(torch.nn.Module):
+    """Q_risk(s, a) = 0.6 + 0.1 a: every action risky (> 0.5), the lowest a the safest."""
+
+    def forward(self, s, a):
+        return 0.6 + 0.1 * a[..., 0]
+
+
+S = np.array([0.3, -0.9])
+
+
+def _mean(learner) -> float:
+    with torch.no_grad():
+        return float(learner.policy.mean_action(torch.as_tensor(S, dtype=torch.float32))[0])
+
+
+def _learner(cls, tmp_path, **cfg):
+    c = BaselineConfig.from_dict({"algorithm": cls.algorithm, "task": "upright", "total_steps": 300, **cfg})
+    return cls(builtin_system("upright"), c, tmp_path, progress=False)
+
+
+def test_recovery_rl_shields_risky_task_actions(tmp_path):
+    """Where Q_risk(s, a_task) > eps_risk the recovery policy acts; the task policy still learns
+    from its own proposal, the critic from what was executed."""
+    rl = _learner(RecoveryRL, tmp_path)
+    m = _mean(rl)
+    rl.critic = _SignCritic(m)
+    torch.manual_seed(0)
+    pairs = [rl.act(S) for _ in range(200)]
+    with torch.no_grad():
+        rec = rl.recovery.mean_action(torch.as_tensor(S, dtype=torch.float32)).double().numpy()
+    risky = [p for p in pairs if p[1][0] > m]
+    assert 50 < len(risky) < 150 and rl.shielded == len(risky)
+    assert all(np.allclose(a_env, rec) for a_env, _ in risky)
+    assert all(np.array_equal(a_env, a_task) for a_env, a_task in pairs if a_task[0] <= m)
+    a_env, a_task = risky[0]
+    rl.store(S, a_env, a_task, -0.1, S, 0.0, False)
+    assert np.allclose(rl.buffer.a[0], a_task) and np.allclose(rl.risk_buffer.a[0], a_env)
+
+
+def test_sqrl_takes_the_first_action_the_critic_accepts(tmp_path):
+    q = _learner(SQRL, tmp_path)
+    m = _mean(q)
+    q.critic = _SignCritic(m)
+    torch.manual_seed(0)
+    acts = [q.act(S)[0] for _ in range(100)]
+    assert all(a[0] <= m for a in acts)   # of 100 samples one is always accepted
+    assert 20 < q.shielded < 80           # the first sample was refused about half the time
+    q.critic = _SignCritic(m + 0.01)      # evaluation: the mean action itself, when accepted ...
+    assert np.allclose(q.eval_act(S)[0], m)
+    q.critic = _LinearCritic()            # ... and the safest of the candidates when none is
+    q.cfg.risk.samples = 5
+    torch.manual_seed(1)
+    with torch.no_grad():
+        cands = q.policy.sample(torch.as_tensor(S, dtype=torch.float32)[None].expand(5, -1))[0]
+    torch.manual_seed(1)
+    assert q.eval_act(S)[0] == pytest.approx(min(m, float(cands[:, 0].min())), abs=1e-6)
+
+
+@pytest.mark.parametrize("train", [train_recovery_rl, train_sqrl])
+def test_offline_data_is_taken_through_the_monitor_and_counted(tmp_path, train):
+    """RecoveryRL and SQRL are given offline data; the paper did not count it, crabs does."""
+    torch.set_num_threads(1)
+    algo = "recovery_rl" if train is train_recovery_rl else "sqrl"
+    cfg = BaselineConfig.from_dict({"algorithm": algo, "task": "upright", "total_steps": 300, **QUICK,
+                                    "risk": {"offline_random": 400, "offline_initial": 200,
+                                             "pretrain_steps": 20, "batch": 32, "samples": 8}})
+    summary = train("upright", cfg, tmp_path, progress=False)
+    led = read_ledger(tmp_path / "ledger.jsonl")
+    off = [r for r in led if r.get("tag") == "offline"]
+    assert summary["offline_steps"] == 600 == sum(r["length"] for r in off if r["event"] == "episode")
+    assert summary["offline_violations"] == sum(r["event"] == "violation" for r in off)
+    assert summary["env_steps"] >= 900 and summary["violations"] >= summary["offline_violations"]
+    assert summary["env_steps"] == ledger_totals(led).env_steps
+    assert summary["algorithm"] == algo and summary["penalty"] == 0.0
+    other = train_sac_penalty if algo == "sqrl" else train_sqrl
+    with pytest.raises(ValueError, match=f"holds a {algo} run, not"):
+        other(None, None, tmp_path, resume=True, progress=False)
+
+
+def test_conjugate_gradient_solves_a_spd_system():
+    from crabs.baselines.cpo import conjugate_gradient
+
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(5, 5, generator=g, dtype=torch.float64)
+    A = m @ m.T + 0.5 * torch.eye(5, dtype=torch.float64)
+    b = torch.randn(5, generator=g, dtype=torch.float64)
+    x = conjugate_gradient(lambda v: A @ v, b, iters=20)
+    assert torch.allclose(x, torch.linalg.solve(A, b), atol=1e-6)
+
+
+@pytest.mark.parametrize("c", [-0.5, -0.05, 0.0, 0.05, 0.3])
+@pytest.mark.parametrize("b", [(0.6, -0.8), (0.9, 0.5), (-0.7, -0.2)])
+def test_cpo_step_solves_the_linearised_problem(c, b):
+    """With H = I: max g.x s.t. c + b.x <= 0, |x|^2 / 2 <= delta (CPO's Eq. 10), against a brute
+    force over the disc; when no point of the disc is feasible, the recovery step -sqrt(2 delta/s) b."""
+    from crabs.baselines.cpo import cpo_step_direction
+
+    delta = 0.02
+    g = torch.tensor([1.0, 0.3], dtype=torch.float64)
+    b = torch.tensor(b, dtype=torch.float64)
+    q, r, s = float(g @ g), float(g @ b), float(b @ b)
+    x, case = cpo_step_direction(g, b, q, r, s, c, delta)
+    rho = math.sqrt(2 * delta)
+    if c - rho * math.sqrt(s) > 0:   # even the best point of the disc violates the constraint
+        assert case == "recovery"
+        assert torch.allclose(x, -rho / math.sqrt(s) * b)
+        return
+    radius = torch.linspace(0, rho, 400, dtype=torch.float64)[:, None]
+    angle = torch.linspace(0, 2 * math.pi, 2000, dtype=torch.float64)[None]
+    pts = torch.stack([radius * angle.cos(), radius * angle.sin()], -1).reshape(-1, 2)
+    feasible = pts[c + pts @ b <= 0]
+    best = float((feasible @ g).max())
+    assert 0.5 * float(x @ x) <= delta * (1 + 1e-6)
+    assert c + float(b @ x) <= 1e-6
+    assert float(g @ x) == pytest.approx(best, abs=2e-3)
+
+
+def test_cpo_runs_on_policy_steps_and_counts_everything(tmp_path):
+    from crabs.baselines import train_cpo
+
+    torch.set_num_threads(1)
+    cfg = BaselineConfig.from_dict({"algorithm": "cpo", "task": "upright", "total_steps": 700,
+                                    "eval_every": 300, "cpo": {"batch": 200, "vf_iters": 5}})
+    summary = train_cpo("upright", cfg, tmp_path, progress=False)
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    head = rows[0].split(",")
+    last = dict(zip(head, rows[-1].split(",")))
+    assert int(last["cpo_updates"]) >= 2 and last["cpo_step"] in (
+        "trpo", "constrained", "recovery", "trpo (rejected)", "constrained (rejected)", "recovery (rejected)")
+    assert summary["env_steps"] == ledger_totals(read_ledger(tmp_path / "ledger.jsonl")).env_steps >= 700
+    assert summary["offline_steps"] == 0 and summary["algorithm"] == "cpo"

@@ -1,0 +1,426 @@
+"""What the baselines of Sec. 6 share: their config, the run behind the safety monitor (exploration
+episodes, evaluations of the mean policy, checkpoints, resume) and the run folder.
+
+Every real step a baseline takes goes through the same :class:`SafetyMonitor` as CRABS, evaluation
+and the offline data of RecoveryRL and SQRL included (the paper did not count that data; here it is
+counted, and reported apart as ``offline_steps`` / ``offline_violations``). The run folder has a
+CRABS run's layout (config.yaml, ledger.jsonl, metrics.csv with one row per evaluation,
+checkpoints/last.pt and policy.pt, summary.json, figure2.png), so ``crabs compare`` draws them
+together.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crabs.buffer import ReplayBuffer
+from crabs.config import SACConfig, _build, _deep_update, _plain
+from crabs.envs import MonitorCounters, SafetyMonitor, get_task
+from crabs.nets import TanhGaussianPolicy
+from crabs.runs import prepare_run_dir, recount, rng_state, set_rng_state, write_csv, write_json
+from crabs.sac import ConstrainedSAC
+from crabs.system import System
+
+CKPT_VERSION = 1
+
+ALGORITHMS = ("sac", "cpo", "recovery_rl", "sqrl")
+
+BUDGET = {"upright": 5000, "tilt": 10000, "move": 90000, "swing": 250000}
+"""Default online real steps per task: about what the task's default CRABS run takes."""
+
+PENALTY = {"sac": 30.0, "cpo": 0.0, "recovery_rl": 0.0, "sqrl": 0.0}
+"""Default violation penalty per algorithm (App. C.3: SAC 30; RecoveryRL without penalty; SQRL
+with RecoveryRL's settings; CPO constrains the violations instead of pricing them)."""
+
+FROM_INITIAL = {"sac": True, "cpo": True, "recovery_rl": False, "sqrl": False}
+"""Whether the task policy starts as the safe initial policy (Sec. 6: "SAC and CPO are given an
+initial safe policy ..., while RecoveryRL and SQRL are given offline data")."""
+
+
+@dataclass
+class RiskConfig:
+    """The safety critic Q_risk of RecoveryRL and SQRL and the offline data they are given (App. C.3)."""
+
+    eps: float = 0.5              # paper: eps_risk 0.5 (chosen from 0.1, 0.3, 0.5, 0.7)
+    gamma: float = 0.6            # paper: gamma_risk 0.6 (chosen from 0.8, 0.7, 0.6, 0.5)
+    offline_random: int = 20000   # paper: 20K transitions of a random policy ...
+    offline_initial: int = 20000  # ... and 20K of the initial safe policy (here counted, see above)
+    pretrain_steps: int = 3000    # Q_risk (and recovery policy) updates on the offline data
+    hidden: tuple[int, ...] = (128, 128)  # RecoveryRL: 256 x 256
+    lr: float = 3e-4
+    tau: float = 0.005
+    batch: int = 256
+    nu: float = 30.0              # SQRL's Lagrange multiplier on Q_risk (paper: 30, from 3 ... 300)
+    samples: int = 100            # SQRL: actions drawn from pi until one has Q_risk <= eps
+
+
+@dataclass
+class CPOConfig:
+    """Constrained Policy Optimization (Achiam et al., 2017; App. C.3)."""
+
+    batch: int = 0                # real steps per CPO step; 0: 1000 for 2-D states (Upright, Tilt),
+                                  # 5000 otherwise (the paper's reduced batches, from 50000)
+    step_size: float = 0.01       # delta, the KL trust region (the paper tried 0.005-0.05: no difference)
+    cost_limit: float = 0.0       # d: violations per trajectory allowed (not given; 0 = none)
+    gae_lambda: float = 0.95
+    cg_iters: int = 10
+    damping: float = 0.1
+    backtrack_iters: int = 10
+    backtrack_ratio: float = 0.8
+    vf_hidden: tuple[int, ...] = (64, 64)
+    vf_lr: float = 1e-3
+    vf_iters: int = 80
+
+
+@dataclass
+class BaselineConfig:
+    """One baseline run. ``sac`` holds the SAC hyperparameters of the task policy (the same defaults
+    as CRABS's policy optimiser; its constraint-only keys ``big_c``, ``adv_*``, ``model_*`` play no
+    part); ``risk`` is read by RecoveryRL and SQRL only, ``cpo`` by CPO only (which uses ``sac``'s
+    policy shape and gamma)."""
+
+    algorithm: str = "sac"        # "sac" (penalty), "cpo", "recovery_rl", "sqrl"
+    task: str = "upright"
+    seed: int = 0
+    total_steps: int = 0          # online real steps; 0: the task's BUDGET (about a CRABS run's)
+    penalty: float | None = None  # reward stored for a violating step is -penalty (terminal);
+                                  # None: PENALTY[algorithm]
+    eval_every: int = 1000        # real steps between evaluations of the mean policy (each taken
+                                  # at the end of an episode; evaluation steps count too)
+    warmup: int = 1000            # transitions in the buffer before the first SAC update
+    updates_per_step: int = 1     # SAC updates per real step
+    from_initial: bool | None = None  # the task policy starts as the task's safe initial policy;
+                                      # None: FROM_INITIAL[algorithm] (the paper's choice)
+    sac: SACConfig = field(default_factory=SACConfig)
+    risk: RiskConfig = field(default_factory=RiskConfig)
+    cpo: CPOConfig = field(default_factory=CPOConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BaselineConfig:
+        cfg = _build(cls, data, "config")
+        if cfg.algorithm not in ALGORITHMS:
+            raise ValueError(f"config.algorithm: must be one of {', '.join(ALGORITHMS)}, "
+                             f"got {cfg.algorithm!r}")
+        if cfg.penalty is not None and cfg.penalty < 0:
+            raise ValueError(f"config.penalty: must be >= 0, got {cfg.penalty}")
+        for name in ("eval_every", "updates_per_step"):
+            if getattr(cfg, name) < 1:
+                raise ValueError(f"config.{name}: must be >= 1, got {getattr(cfg, name)}")
+        if cfg.sac.model_horizon:
+            raise ValueError("config.sac.model_horizon: the baselines have no dynamics model (use 0)")
+        if not 0 < cfg.risk.gamma < 1 or not 0 < cfg.risk.eps < 1:
+            raise ValueError("config.risk.gamma and config.risk.eps must lie in (0, 1)")
+        if not cfg.cpo.step_size > 0 or not 0 < cfg.cpo.backtrack_ratio < 1 or cfg.cpo.cost_limit < 0:
+            raise ValueError("config.cpo: step_size must be > 0, backtrack_ratio in (0, 1), cost_limit >= 0")
+        if cfg.risk.samples < 1:
+            raise ValueError(f"config.risk.samples: must be >= 1, got {cfg.risk.samples}")
+        return cfg
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+    def replace(self, **changes) -> BaselineConfig:
+        d = self.to_dict()
+        _deep_update(d, changes)
+        return BaselineConfig.from_dict(d)
+
+    @property
+    def steps(self) -> int:
+        """Online real steps to take: ``total_steps``, or the built-in task's BUDGET."""
+        steps = self.total_steps or BUDGET.get(self.task, 0)
+        if steps <= 0:
+            raise ValueError(f"config.total_steps: {self.task!r} is not a built-in task, so give the "
+                             "number of real steps to take")
+        return steps
+
+    @property
+    def violation_penalty(self) -> float:
+        return PENALTY[self.algorithm] if self.penalty is None else self.penalty
+
+    @property
+    def start_from_initial(self) -> bool:
+        return FROM_INITIAL[self.algorithm] if self.from_initial is None else self.from_initial
+
+
+def load_baseline_config(algorithm: str, path: str | Path | None, task: str, **overrides) -> BaselineConfig:
+    """``algorithm``'s defaults for built-in ``task``, overlaid with the YAML file ``path`` (if
+    given) and the ``overrides`` that are not None (e.g. seed, total_steps)."""
+    import yaml
+
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"config file {str(p)!r} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {str(p)!r} must hold a mapping")
+        if data.get("algorithm", algorithm) != algorithm:
+            raise ValueError(f"config file {str(p)!r} is for {data['algorithm']!r}, not {algorithm!r}")
+    task = get_task(task).name
+    if "task" in data and get_task(data["task"]).name != task:
+        raise ValueError(f"config file is for task {data['task']!r}, not {task!r}")
+    data.update({"task": task, "algorithm": algorithm})
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return BaselineConfig.from_dict(data)
+
+
+class Learner:
+    """A model-free baseline on one system, writing into ``run_dir``: SAC on the task reward with a
+    violation penalty. Subclasses change how actions are chosen (``act``, ``eval_act``), what is
+    learned from a step (``store``, ``learn``) and what happens before the online phase
+    (``pretrain``)."""
+
+    algorithm = "sac"
+    label = "SAC (penalty)"
+    uses_sac = True   # the task policy is trained by SAC from a replay buffer (CPO: False)
+
+    def __init__(self, system: System, cfg: BaselineConfig, run_dir: str | Path, progress: bool = True):
+        self.sys, self.cfg, self.dir, self.progress = system, cfg, Path(run_dir), progress
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        init = system.initial_policy
+        self.obs_dim, self.act_dim = init.obs_dim, init.act_dim
+        if cfg.start_from_initial:
+            self.policy = copy.deepcopy(init).train()
+        else:
+            self.policy = TanhGaussianPolicy(init.obs_dim, init.act_dim, cfg.sac.hidden, cfg.sac.act)
+        self.sac = ConstrainedSAC(self.policy, cfg.sac) if self.uses_sac else None
+        capacity = max(cfg.steps, 1) if self.uses_sac else 1
+        self.buffer = ReplayBuffer(init.obs_dim, init.act_dim, capacity=capacity)
+        self.counters = MonitorCounters()
+        self.rows: list[dict] = []
+        self.next_eval = cfg.eval_every
+        self.last_info: dict = {}
+        self.offline = {"steps": 0, "violations": 0, "done": False}
+        self._rows_at_start = 0
+
+    # -- hooks --------------------------------------------------------------------------------
+    def act(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the action sent to the environment, the action the task policy learns from)."""
+        with torch.no_grad():
+            a, _ = self.policy.sample(torch.as_tensor(s, dtype=torch.float32)[None])
+        a = a[0].double().numpy()
+        return a, a
+
+    def eval_act(self, s: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.policy.mean_action(torch.as_tensor(s, dtype=torch.float32)).double().numpy()
+
+    def store(self, s, a_env, a_task, r: float, s2, cost: float, term: bool) -> None:
+        self.buffer.add(s, a_task, -self.cfg.violation_penalty if cost else r, s2, float(term))
+
+    def learn(self) -> None:
+        if len(self.buffer) >= self.cfg.warmup:
+            for _ in range(self.cfg.updates_per_step):
+                self.last_info = self.sac.update(self.buffer.sample(self.cfg.sac.batch, self.rng), None, None)
+
+    def pretrain(self) -> None:
+        """Before the online phase (once; RecoveryRL and SQRL collect offline data here)."""
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, d: dict) -> None:
+        pass
+
+    def row_extras(self) -> dict:
+        return {}
+
+    # -- real steps ---------------------------------------------------------------------------
+    def _env(self, tag: str) -> SafetyMonitor:
+        return SafetyMonitor(self.sys.make_env(), self.sys.spec, ledger=self.dir / "ledger.jsonl",
+                             counters=self.counters, tag=tag)
+
+    def episode(self, env: SafetyMonitor, budget: int) -> dict:
+        """One exploration episode, learning after every real step; it stops early when the
+        monitor's step count reaches ``budget``."""
+        s, _ = env.reset()
+        ret, n, violated = 0.0, 0, False
+        while True:
+            a_env, a_task = self.act(s)
+            s2, r, term, trunc, info = env.step(a_env)
+            cost = float(info["cost"] > 0)
+            self.store(s, a_env, a_task, float(r), s2, cost, bool(term))
+            ret, n, violated = ret + float(r), n + 1, violated or cost > 0
+            self.learn()
+            s = s2
+            if term or trunc or self.counters.env_steps >= budget:
+                break
+        return {"return": ret, "length": n, "violated": violated}
+
+    def evaluate(self) -> dict:
+        """One episode of the mean policy from s0 (real steps: counted, and they may violate)."""
+        env = self._env("eval")
+        try:
+            s, _ = env.reset()
+            ret, n, violated = 0.0, 0, False
+            while True:
+                s, r, term, trunc, info = env.step(self.eval_act(s))
+                ret, n, violated = ret + float(r), n + 1, violated or info["cost"] > 0
+                if term or trunc:
+                    break
+        finally:
+            env.close()
+        return {"eval_return": ret, "eval_length": n, "eval_violated": violated}
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"version": CKPT_VERSION, "algorithm": self.algorithm, "system": self.sys.name,
+                "config": self.cfg.to_dict(), "counters": self.counters.to_dict(),
+                "sac": self.sac.state_dict() if self.sac else {"policy": self.policy.state_dict()},
+                "buffer": self.buffer.state_dict(), "rows": self.rows,
+                "next_eval": self.next_eval, "offline": self.offline, "extra": self.extra_state(),
+                "rng": {**rng_state(self.rng), "torch": torch.get_rng_state()}}
+
+    def load_state_dict(self, d: dict) -> None:
+        if d.get("algorithm") != self.algorithm or d.get("version") != CKPT_VERSION:
+            raise ValueError(f"checkpoint is not from a {self.algorithm} run of this version "
+                             f"(algorithm {d.get('algorithm')!r}, version {d.get('version')})")
+        if d["system"] != self.sys.name:
+            raise ValueError(f"checkpoint is from task {d['system']!r}, not {self.sys.name!r}")
+        self.counters = MonitorCounters(**d["counters"])
+        if self.sac:
+            self.sac.load_state_dict(d["sac"])
+        else:
+            self.policy.load_state_dict(d["sac"]["policy"])
+        self.buffer.load_state_dict(d["buffer"])
+        self.rows = list(d["rows"])
+        self._rows_at_start = len(self.rows)
+        self.next_eval = int(d["next_eval"])
+        self.offline = dict(d["offline"])
+        self.load_extra_state(d["extra"])
+        set_rng_state(self.rng, d["rng"])
+        torch.set_rng_state(d["rng"]["torch"])
+
+    def save(self) -> None:
+        ck = self.dir / "checkpoints"
+        ck.mkdir(parents=True, exist_ok=True)
+        tmp = ck / "last.pt.tmp"
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(ck / "last.pt")
+        torch.save({"spec": self.policy.spec(), "state_dict": self.policy.state_dict(),
+                    "meta": {"task": self.sys.name, "algorithm": self.algorithm,
+                             "env_steps": self.counters.env_steps}}, ck / "policy.pt")
+
+    def resume(self) -> None:
+        path = self.dir / "checkpoints" / "last.pt"
+        if path.exists():
+            self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        # steps taken after the checkpoint (or before the first one) still count
+        recount(self.counters, self.dir / "ledger.jsonl")
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self) -> dict:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        started = time.time()
+        if not self.offline["done"]:
+            # the offline phase comes first, so every step before the online phase is offline (a
+            # run that died during it does it again; the earlier steps still count)
+            self.pretrain()
+            self.offline = {"steps": self.counters.env_steps, "violations": self.counters.violations,
+                            "done": True}
+            self.save()
+        budget = self.offline["steps"] + cfg.steps  # the online steps come on top of the offline ones
+        bar = tqdm(total=cfg.steps, initial=min(self.counters.env_steps - self.offline["steps"], cfg.steps),
+                   desc=f"{self.algorithm} {self.sys.name}", unit="step", disable=not self.progress)
+        env = self._env("explore")
+        seg_start, returns = time.time(), []
+        try:
+            while self.counters.env_steps < budget:
+                before = self.counters.env_steps
+                returns.append(self.episode(env, budget)["return"])
+                bar.update(self.counters.env_steps - before)
+                online = self.counters.env_steps - self.offline["steps"]
+                if online >= self.next_eval or self.counters.env_steps >= budget:
+                    while self.next_eval <= online:
+                        self.next_eval += cfg.eval_every
+                    row = {"eval": len(self.rows) + 1, **self.evaluate(),
+                           "explore_return": float(np.mean(returns)), "explore_episodes": len(returns),
+                           "q_loss": self.last_info.get("q_loss", float("nan")),
+                           "alpha": self.last_info.get("alpha", float("nan")), **self.row_extras(),
+                           "env_steps": self.counters.env_steps, "episodes": self.counters.episodes,
+                           "violations": self.counters.violations,
+                           "epoch_s": round(time.time() - seg_start, 2)}
+                    self.rows.append(row)
+                    write_csv(self.dir / "metrics.csv", self.rows)
+                    self.save()
+                    bar.set_postfix(violations=self.counters.violations, ret=f"{row['eval_return']:.3g}")
+                    seg_start, returns = time.time(), []
+        finally:
+            env.close()
+            bar.close()
+        prior = sum(r.get("epoch_s", 0.0) for r in self.rows[: self._rows_at_start])
+        evals = [r["eval_return"] for r in self.rows]
+        return {"task": self.sys.name, "algorithm": self.algorithm, "seed": cfg.seed,
+                "env_steps": self.counters.env_steps, "episodes": self.counters.episodes,
+                "violations": self.counters.violations,
+                "offline_steps": self.offline["steps"], "offline_violations": self.offline["violations"],
+                "final_eval_return": evals[-1] if evals else float("nan"),
+                "mean_return": float(np.mean(evals)) if evals else float("nan"),
+                "penalty": cfg.violation_penalty, "evaluations": len(self.rows),
+                "wall_clock_s": round(time.time() - started + prior, 1)}
+
+
+def train_baseline(learner_cls: type[Learner], system: str | System | None,
+                   config: BaselineConfig | None = None, out: str | Path = "runs/baseline",
+                   resume: bool = False, progress: bool = True) -> dict:
+    """Run ``learner_cls`` on a built-in task name or a :class:`System`, writing the run folder
+    ``out``; ``resume=True`` continues the run in ``out`` with its own config (a finished run
+    returns its summary without a step)."""
+    import yaml
+
+    from crabs.plots import figure2
+    from crabs.system import builtin_system
+
+    algorithm = learner_cls.algorithm
+    if resume and not (Path(out) / "config.yaml").exists():
+        raise FileNotFoundError(f"{str(out)!r} holds no run to resume (no config.yaml)")
+    out = prepare_run_dir(out)
+    cfg_path = out / "config.yaml"
+    if resume:
+        data = yaml.safe_load(cfg_path.read_text())
+        if not isinstance(data, dict) or data.get("algorithm") != algorithm:
+            found = data.get("algorithm", "crabs") if isinstance(data, dict) else "?"
+            raise ValueError(f"{str(out)!r} holds a {found} run, not {algorithm}")
+        cfg = BaselineConfig.from_dict(data)
+        system = cfg.task if system is None else system
+        name = get_task(system).name if isinstance(system, str) else system.name
+        if name != cfg.task:
+            raise ValueError(f"{str(out)!r} holds a run of task {cfg.task!r}, not {name!r}")
+        if (out / "summary.json").exists():
+            return json.loads((out / "summary.json").read_text())
+    else:
+        if system is None:
+            raise ValueError("a task or System is required for a new run")
+        if (out / "ledger.jsonl").exists() or (out / "checkpoints").exists():
+            raise ValueError(f"{str(out)!r} already holds a run: pass resume or choose another folder")
+        name = get_task(system).name if isinstance(system, str) else system.name
+        cfg = config if config is not None else BaselineConfig(algorithm=algorithm)
+        if cfg.algorithm != algorithm:
+            raise ValueError(f"config.algorithm is {cfg.algorithm!r}, not {algorithm!r}")
+        if cfg.task != name:
+            cfg = cfg.replace(task=name)
+        cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if isinstance(system, str):
+        system = builtin_system(system, cfg.sac.hidden, cfg.sac.act)
+    learner = learner_cls(system, cfg, out, progress)
+    if resume:
+        learner.resume()
+    result = learner.run()
+    write_json(out / "summary.json", result)
+    figure2([(learner.label, out)], out / "figure2.png", title=f"{system.name}: {learner.label}")
+    return result

@@ -133,6 +133,15 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from crabs.verify import verify_run
+
+    result = verify_run(args.run, which=args.which, states=args.states, horizon=args.horizon,
+                        chains_mult=args.chains_mult, steps=args.steps, seed=args.seed)
+    print(json.dumps(result, indent=2))
+    return 0 if result["sound"] else 1
+
+
 def cmd_oracle(args) -> int:
     from crabs import oracle
 
@@ -192,6 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("runs", nargs="+", help="run folders")
     s.add_argument("--out", default="compare.png", help="figure file (default compare.png)")
     s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("verify", help="audit a CRABS run's certificate (R.1-R.3) with an independent "
+                       "adversary and true-dynamics rollouts; exit status 1 if unsound")
+    s.add_argument("run", help="run folder")
+    s.add_argument("--which", choices=["delivered", "last"], default="delivered",
+                   help="the delivered (policy, h) pair (default) or the training state's")
+    s.add_argument("--states", type=int, default=200, help="certified start states of the rollouts")
+    s.add_argument("--horizon", type=_positive_int, help="rollout length (default: the task's horizon)")
+    s.add_argument("--chains-mult", type=_positive_int, default=4,
+                   help="the fresh adversary's chains, as a multiple of the run's")
+    s.add_argument("--steps", type=_positive_int, default=200, help="the fresh adversary's MALA steps")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("oracle", help="ground truth for the 2-D pendulum tasks")
     s.add_argument("--task", type=_task, required=True)

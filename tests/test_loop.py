@@ -79,6 +79,44 @@ def test_judge_reads_the_last_and_the_delivered_certificate(tiny_run):
         load_barrier(out, "first")
 
 
+def test_verify_audits_the_delivered_pair_apart_from_the_run(tiny_run, tmp_path, capsys):
+    """crabs verify: R.1/R.2 hold by construction, a fresh adversary and true-dynamics rollouts
+    from certified states; the audit's steps go to their own ledger, the run's counts stay."""
+    import shutil
+
+    from crabs.cli import main
+    from crabs.envs import ledger_totals
+    from crabs.verify import verify_run
+
+    out, summary = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    r = verify_run(run, n=4000, states=10, horizon=60, chains_mult=1, steps=10)
+    assert r["R1_R2"]["certified_but_unsafe"] == 0 and 0 < r["R1_R2"]["certified"] < 0.5
+    assert r["R3_model"]["adversary_chains"] == TINY["mala"]["chains"]
+    t = r["R3_true_dynamics"]
+    assert t["starts"] == 10 and t["rollouts_violating"] == 0 and r["sound"]
+    assert r["oracle"]["certified_not_viable_states"] == 0
+    assert json.loads((run / "verify" / "verify.json").read_text()) == r
+    audit = ledger_totals(read_ledger(run / "verify" / "ledger.jsonl"))
+    assert 10 <= audit.env_steps <= 600 and audit.episodes == 10
+    assert ledger_totals(read_ledger(run / "ledger.jsonl")).env_steps == summary["env_steps"]
+    # a policy that pushes the pendulum over: the audit finds the violations, exit status 1
+    blob = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    for state in (blob["sac"]["policy"], blob["best"]["policy"], blob["safe_policy"]):
+        w = [k for k in state if k.endswith("weight")][-1]
+        state[w].zero_()
+        state[w.replace("weight", "bias")].copy_(torch.tensor([5.0, -10.0]))
+    torch.save(blob, run / "checkpoints" / "last.pt")
+    assert main(["verify", str(run), "--states", "10", "--horizon", "100", "--chains-mult", "1",
+                 "--steps", "5"]) == 1
+    bad = json.loads(capsys.readouterr().out)
+    assert bad["R3_true_dynamics"]["rollouts_violating"] > 0 and not bad["sound"]
+    assert bad["R3_model"]["uniform_U_positive"] > 0   # the model sees it too
+    with pytest.raises(ValueError, match="which must be 'delivered' or 'last'"):
+        verify_run(run, which="best")
+
+
 def test_refuses_to_overwrite_a_run(tiny_run):
     out, _ = tiny_run
     with pytest.raises(ValueError, match="already holds a run"):

@@ -35,25 +35,40 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 def figure2(runs: Sequence[tuple[str, str | Path]], out: str | Path, title: str = "") -> Path:
     """Return of the evaluated policy and cumulative violations against environment steps, one line
-    per run folder (label, folder). Violations come from the ledger, so none can be left out."""
+    per run folder (label, folder). Violations come from the ledger, so none can be left out. A run
+    that began with offline data (RecoveryRL, SQRL) is drawn against its online steps, its
+    violations curve starting at the offline ones, which the legend also states."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    top = 1
+    top, any_offline = 1, False
     for label, d in runs:
         d = Path(d)
+        led = read_ledger(d / "ledger.jsonl")
+        off = [r for r in led if r.get("tag") == "offline"]
+        off_steps = max((int(r.get("env_steps", 0)) for r in off), default=0)
+        off_viol = max((int(r.get("violations", r.get("violation", 0))) for r in off), default=0)
+        if off_steps:
+            any_offline = True
+            label = f"{label} (+{off_viol} violations in {off_steps} offline steps)"
         rows = [r for r in read_metrics(d / "metrics.csv") if r.get("eval_return") not in ("", None)]
         if rows:
-            ax1.plot([r["env_steps"] for r in rows], [r["eval_return"] for r in rows], label=label)
-        eps = [r for r in read_ledger(d / "ledger.jsonl") if r.get("event") == "episode"]
-        xs = [0] + [r["env_steps"] for r in eps]
-        ys = [0] + [r["violations"] for r in eps]
+            ax1.plot([r["env_steps"] - off_steps for r in rows], [r["eval_return"] for r in rows],
+                     label=label)
+        eps = [r for r in led if r.get("event") == "episode" and r.get("tag") != "offline"]
+        xs = [0] + [r["env_steps"] - off_steps for r in eps]
+        ys = [off_viol] + [r["violations"] for r in eps]
         ax2.step(xs, ys, where="post", label=label)
         top = max(top, ys[-1])
-    ax1.set(xlabel="environment steps", ylabel="return (mean policy)", title="return")
-    ax2.set(xlabel="environment steps", ylabel="cumulative violations", title="safety violations")
-    ax2.set_ylim(-0.05 * top, 1.1 * top)
+    xlabel = "environment steps" + (" (online; offline violations counted at 0)" if any_offline else "")
+    ax1.set(xlabel=xlabel, ylabel="return (mean policy)", title="return")
+    ax2.set(xlabel=xlabel, ylabel="cumulative violations", title="safety violations")
+    if top > 100:   # counts from 0 to thousands: a linear axis would flatten the small ones
+        ax2.set_yscale("symlog", linthresh=10)
+        ax2.set_ylim(-0.5, 2 * top)
+    else:
+        ax2.set_ylim(-0.05 * top, 1.1 * top)
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     if title:
         fig.suptitle(title)
     return _save(fig, out)

@@ -248,7 +248,7 @@ def test_sqrl_takes_the_first_action_the_critic_accepts(tmp_path):
 
 
 @pytest.mark.parametrize("train", [train_recovery_rl, train_sqrl])
-def test_offline_data_is_taken_through_the_monitor_and_counted(tmp_path, train):
+def test_offline_data_is_taken_through_the_monitor_and_counted(tmp_path, train, capsys):
     """RecoveryRL and SQRL are given offline data; the paper did not count it, crabs does."""
     torch.set_num_threads(1)
     algo = "recovery_rl" if train is train_recovery_rl else "sqrl"
@@ -263,6 +263,9 @@ def test_offline_data_is_taken_through_the_monitor_and_counted(tmp_path, train):
     assert summary["env_steps"] >= 900 and summary["violations"] >= summary["offline_violations"]
     assert summary["env_steps"] == ledger_totals(led).env_steps
     assert summary["algorithm"] == algo and summary["penalty"] == 0.0
+    assert main(["compare", str(tmp_path), "--out", str(tmp_path / "c.png")]) == 0   # offline apart
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith(f"{algo} s0")][0].split()
+    assert line[3:5] == [str(summary["violations"]), str(summary["offline_violations"])]
     other = train_sac_penalty if algo == "sqrl" else train_sqrl
     with pytest.raises(ValueError, match=f"holds a {algo} run, not"):
         other(None, None, tmp_path, resume=True, progress=False)

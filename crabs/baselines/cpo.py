@@ -202,7 +202,7 @@ class CPO(Learner):
         except ValueError:
             step, case = torch.zeros_like(g), "none"
         old = torch.nn.utils.parameters_to_vector(params).detach().clone()
-        sr0, sc0 = float(surr_r), float(surr_c)
+        sr0, sc0 = float(surr_r.detach()), float(surr_c.detach())
         accepted = False
         for j in range(c.backtrack_iters):
             torch.nn.utils.vector_to_parameters(old + c.backtrack_ratio**j * step, params)

@@ -35,8 +35,9 @@ def main() -> int:
                 f"({d.get('horizon')} steps)")
         if "oracle" in r:
             line += f"; certified but not viable {r['oracle']['certified_not_viable_states']}"
-        print(f"{line} -> {'sound' if r['sound'] else 'UNSOUND'} ({time.time() - t:.0f} s)", flush=True)
-        ok &= r["sound"]
+        verdict = ("sound" if r["sound"] else "UNSOUND") + (", R.3 holds" if r["R3_holds"] else ", R.3 FAILS")
+        print(f"{line} -> {verdict} ({time.time() - t:.0f} s)", flush=True)
+        ok &= r["sound"] and r["R3_holds"]
     return 0 if ok else 1
 
 

@@ -115,8 +115,10 @@ def cmd_compare(args) -> int:
             from crabs.envs import ledger_totals, read_ledger
 
             conf = yaml.safe_load((d / "config.yaml").read_text()) or {}
+            led = read_ledger(d / "ledger.jsonl")
             info = {"algorithm": conf.get("algorithm", "crabs"), "seed": conf.get("seed"),
-                    "task": conf.get("task"), **ledger_totals(read_ledger(d / "ledger.jsonl")).to_dict(),
+                    "task": conf.get("task"), **ledger_totals(led).to_dict(),
+                    "offline_violations": ledger_totals(led, tag="offline").violations,
                     "final_eval_return": None}
         runs.append((f"{info.get('algorithm')} s{info.get('seed')}", d))
         table.append(info)
@@ -139,7 +141,7 @@ def cmd_verify(args) -> int:
     result = verify_run(args.run, which=args.which, states=args.states, horizon=args.horizon,
                         chains_mult=args.chains_mult, steps=args.steps, seed=args.seed)
     print(json.dumps(result, indent=2))
-    return 0 if result["sound"] else 1
+    return 0 if result["sound"] and result["R3_holds"] else 1
 
 
 def cmd_oracle(args) -> int:
@@ -203,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("verify", help="audit a CRABS run's certificate (R.1-R.3) with an independent "
-                       "adversary and true-dynamics rollouts; exit status 1 if unsound")
+                       "adversary and true-dynamics rollouts; exit status 1 if unsound or R.3 fails")
     s.add_argument("run", help="run folder")
     s.add_argument("--which", choices=["delivered", "last"], default="delivered",
                    help="the delivered (policy, h) pair (default) or the training state's")

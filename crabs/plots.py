@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from crabs.envs import read_ledger  # noqa: E402
+from crabs.envs import ledger_totals, read_ledger  # noqa: E402
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -43,9 +43,8 @@ def figure2(runs: Sequence[tuple[str, str | Path]], out: str | Path, title: str 
     for label, d in runs:
         d = Path(d)
         led = read_ledger(d / "ledger.jsonl")
-        off = [r for r in led if r.get("tag") == "offline"]
-        off_steps = max((int(r.get("env_steps", 0)) for r in off), default=0)
-        off_viol = max((int(r.get("violations", r.get("violation", 0))) for r in off), default=0)
+        off = ledger_totals(led, tag="offline")
+        off_steps, off_viol = off.env_steps, off.violations
         if off_steps:
             any_offline = True
             label = f"{label} (+{off_viol} violations in {off_steps} offline steps)"

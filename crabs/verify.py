@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -54,8 +55,7 @@ def load_run(run_dir: str | Path, system: System | None = None, which: str = "de
         raise ValueError(f"{str(run)!r} holds a run of {cfg.task!r}, not {system.name!r}")
     crabs = CRABS(system, cfg, run, progress=False)
     crabs.load_state_dict(torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True))
-    if which == "delivered":
-        crabs.adopt_final_policy()
+    crabs.pair_epoch = crabs.adopt_final_policy() if which == "delivered" else crabs.epoch
     if not crabs.certified:  # the last certified policy is the one that acts
         crabs.policy.load_state_dict(crabs.safe_policy_state)
     return crabs
@@ -64,13 +64,21 @@ def load_run(run_dir: str | Path, system: System | None = None, which: str = "de
 @torch.no_grad()
 def _rollouts(crabs, starts: torch.Tensor, horizon: int, ledger: Path) -> dict:
     """True-dynamics rollouts of the mean policy from each start state (through a monitor)."""
+    from crabs.envs import ledger_totals, read_ledger
+
     h, policy, sys = crabs.h, crabs.policy, crabs.sys
-    env = SafetyMonitor(sys.make_env(), sys.spec, ledger=ledger, tag="verify")
+    # the audit ledger's counts continue across audits, as a run's do across resumes
+    env = SafetyMonitor(sys.make_env(), sys.spec, ledger=ledger, tag="verify",
+                        counters=ledger_totals(read_ledger(ledger)))
     one_step_exits, left_C_h, violations = 0, 0, 0
     worst = None
     try:
         for s0 in starts.double().numpy():
             s, _ = env.reset(options={"state": s0})
+            if not np.allclose(s, s0, atol=1e-6):
+                raise ValueError("the environment's reset ignored options={'state': s} (it returned "
+                                 f"{np.round(s, 4).tolist()} for {np.round(s0, 4).tolist()}): true-dynamics "
+                                 "rollouts need it; pass states=0 to skip them")
             exited = False
             for t in range(horizon):
                 a = policy.mean_action(torch.as_tensor(s, dtype=torch.float32)).double().numpy()
@@ -97,8 +105,10 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
     """The audit described in the module docstring; also written to ``RUN/verify/verify.json``."""
     from crabs.runs import write_json
 
-    torch.manual_seed(seed)
     crabs = load_run(run_dir, system, which)
+    torch.manual_seed(seed)       # (loading restored the run's generators: the audit draws its own)
+    crabs.tgen.manual_seed(seed + 1)
+    crabs.adv.gen.manual_seed(seed + 2)
     h, model, policy, sys = crabs.h, crabs.model, crabs.policy, crabs.sys
     out = Path(run_dir) / "verify"
     out.mkdir(exist_ok=True)
@@ -116,8 +126,9 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
     u = U_pi(h, model, policy, inside).detach() if len(inside) else torch.zeros(0)
     result = {
         "run": str(run_dir), "task": sys.name, "which": which, "certified_at_end": bool(crabs.certified),
-        "epoch": crabs.epoch, "R1_R2": {"box_samples": n, "certified": float(cert.float().mean()),
-                                        "certified_but_unsafe": int((cert & unsafe).sum())},
+        "epochs": crabs.epoch, "pair_epoch": crabs.pair_epoch,
+        "R1_R2": {"box_samples": n, "certified": float(cert.float().mean()),
+                  "certified_but_unsafe": int((cert & unsafe).sum())},
         "R3_model": {"adversary_chains": mcfg.chains, "adversary_steps": steps,
                      "adversary_max_U": adv.max_U(), "uniform_certified_states": len(inside),
                      "uniform_max_U": float(u.max()) if len(u) else None,
@@ -125,16 +136,24 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
     }
     horizon = sys.spec.horizon if horizon is None else horizon
     if states > 0 and len(inside):
-        starts = inside[torch.randperm(len(inside))[:states]]
+        # a certified state outside the safe set is already an R.1 failure; it cannot start a rollout
+        starts = inside[sys.spec.is_safe_torch(inside)]
+        starts = starts[torch.randperm(len(starts))[:states]]
         audit = _rollouts(crabs, starts, horizon, out / "ledger.jsonl")
         result["R3_true_dynamics"] = {"horizon": horizon, **audit}
     if sys.name in ("upright", "tilt"):
         from crabs.judge import judge_certificate
 
         result["oracle"] = judge_certificate(h)
-    result["sound"] = (result["R1_R2"]["certified_but_unsafe"] == 0
-                       and result.get("R3_true_dynamics", {}).get("rollouts_violating", 0) == 0
+    t = result.get("R3_true_dynamics", {})
+    # sound: nothing certified is unsafe or (pendulum) doomed, and no rollout from C_h violated
+    result["sound"] = (result["R1_R2"]["certified_but_unsafe"] == 0 and t.get("rollouts_violating", 0) == 0
                        and result.get("oracle", {}).get("certified_not_viable_states", 0) == 0)
+    # R.3 (invariance) holds as far as the audit can see: no certified state with U > 0 under the
+    # model (the fresh adversary included), and no rollout that left C_h in the true dynamics
+    m = result["R3_model"]
+    result["R3_holds"] = (m["adversary_max_U"] <= 0 and m["uniform_U_positive"] == 0
+                          and t.get("rollouts_leaving_C_h", 0) == 0)
     write_json(out / "verify.json", result)
     return result
 

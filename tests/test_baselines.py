@@ -128,7 +128,9 @@ def test_config_errors(tmp_path):
         BaselineConfig.from_dict({"risk": {"gamma": 1.0}})
     # App. C.3: SAC's penalty 30; RecoveryRL "without the violation penalty"; eps 0.5, gamma 0.6, nu 30
     assert BaselineConfig().violation_penalty == 30.0
-    assert BaselineConfig(algorithm="recovery_rl").violation_penalty == 0.0
+    assert BaselineConfig(algorithm="recovery_rl").violation_penalty is None   # the env's own reward
+    assert BaselineConfig(algorithm="sqrl").reward(-0.5, 1.0) == -0.5
+    assert BaselineConfig(algorithm="sac").reward(-0.5, 1.0) == -30.0
     r = BaselineConfig().risk
     assert (r.eps, r.gamma, r.nu, r.offline_random, r.offline_initial) == (0.5, 0.6, 30.0, 20000, 20000)
     assert BaselineConfig.from_dict({"task": "move"}).steps == 90000
@@ -262,10 +264,10 @@ def test_offline_data_is_taken_through_the_monitor_and_counted(tmp_path, train, 
     assert summary["offline_violations"] == sum(r["event"] == "violation" for r in off)
     assert summary["env_steps"] >= 900 and summary["violations"] >= summary["offline_violations"]
     assert summary["env_steps"] == ledger_totals(led).env_steps
-    assert summary["algorithm"] == algo and summary["penalty"] == 0.0
+    assert summary["algorithm"] == algo and summary["penalty"] is None
     assert main(["compare", str(tmp_path), "--out", str(tmp_path / "c.png")]) == 0   # offline apart
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith(f"{algo} s0")][0].split()
-    assert line[3:5] == [str(summary["violations"]), str(summary["offline_violations"])]
+    assert line[3:6] == [str(summary[k]) for k in ("env_steps", "violations", "offline_violations")]
     other = train_sac_penalty if algo == "sqrl" else train_sqrl
     with pytest.raises(ValueError, match=f"holds a {algo} run, not"):
         other(None, None, tmp_path, resume=True, progress=False)
@@ -323,3 +325,8 @@ def test_cpo_runs_on_policy_steps_and_counts_everything(tmp_path):
         "trpo", "constrained", "recovery", "trpo (rejected)", "constrained (rejected)", "recovery (rejected)")
     assert summary["env_steps"] == ledger_totals(read_ledger(tmp_path / "ledger.jsonl")).env_steps >= 700
     assert summary["offline_steps"] == 0 and summary["algorithm"] == "cpo"
+    from crabs.initial import initial_policy, load_policy
+
+    trained, _ = load_policy(tmp_path / "checkpoints" / "policy.pt")   # some CPO step was taken
+    start = initial_policy("upright").state_dict()
+    assert any(not torch.equal(v, start[k]) for k, v in trained.state_dict().items())

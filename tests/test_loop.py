@@ -96,6 +96,7 @@ def test_verify_audits_the_delivered_pair_apart_from_the_run(tiny_run, tmp_path,
     assert r["R3_model"]["adversary_chains"] == TINY["mala"]["chains"]
     t = r["R3_true_dynamics"]
     assert t["starts"] == 10 and t["rollouts_violating"] == 0 and r["sound"]
+    assert r["pair_epoch"] == summary["final_policy_epoch"] and r["epochs"] == summary["epochs"]
     assert r["oracle"]["certified_not_viable_states"] == 0
     assert json.loads((run / "verify" / "verify.json").read_text()) == r
     audit = ledger_totals(read_ledger(run / "verify" / "ledger.jsonl"))
@@ -111,7 +112,9 @@ def test_verify_audits_the_delivered_pair_apart_from_the_run(tiny_run, tmp_path,
     assert main(["verify", str(run), "--states", "10", "--horizon", "100", "--chains-mult", "1",
                  "--steps", "5"]) == 1
     bad = json.loads(capsys.readouterr().out)
-    assert bad["R3_true_dynamics"]["rollouts_violating"] > 0 and not bad["sound"]
+    assert bad["R3_true_dynamics"]["rollouts_violating"] > 0 and not bad["sound"] and not bad["R3_holds"]
+    # the audit ledger continues its counts across audits
+    assert ledger_totals(read_ledger(run / "verify" / "ledger.jsonl")).episodes == 20
     assert bad["R3_model"]["uniform_U_positive"] > 0   # the model sees it too
     with pytest.raises(ValueError, match="which must be 'delivered' or 'last'"):
         verify_run(run, which="best")

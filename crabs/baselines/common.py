@@ -36,9 +36,10 @@ ALGORITHMS = ("sac", "cpo", "recovery_rl", "sqrl")
 BUDGET = {"upright": 5000, "tilt": 10000, "move": 90000, "swing": 250000}
 """Default online real steps per task: about what the task's default CRABS run takes."""
 
-PENALTY = {"sac": 30.0, "cpo": 0.0, "recovery_rl": 0.0, "sqrl": 0.0}
-"""Default violation penalty per algorithm (App. C.3: SAC 30; RecoveryRL without penalty; SQRL
-with RecoveryRL's settings; CPO constrains the violations instead of pricing them)."""
+PENALTY: dict[str, float | None] = {"sac": 30.0, "cpo": None, "recovery_rl": None, "sqrl": None}
+"""Default violation penalty per algorithm: SAC 30 (App. C.3); the others add none (RecoveryRL "without
+the violation penalty", SQRL with RecoveryRL's settings, CPO constrains violations instead), i.e.
+they learn from the environment's own reward at a violation (the built-in tasks': -30)."""
 
 FROM_INITIAL = {"sac": True, "cpo": True, "recovery_rl": False, "sqrl": False}
 """Whether the task policy starts as the safe initial policy (Sec. 6: "SAC and CPO are given an
@@ -91,8 +92,9 @@ class BaselineConfig:
     task: str = "upright"
     seed: int = 0
     total_steps: int = 0          # online real steps; 0: the task's BUDGET (about a CRABS run's)
-    penalty: float | None = None  # reward stored for a violating step is -penalty (terminal);
-                                  # None: PENALTY[algorithm]
+    penalty: float | None = None  # a number: a violating step is stored with reward -penalty
+                                  # (terminal); unset: PENALTY[algorithm], where None keeps the
+                                  # environment's own reward there (built-in tasks: -30)
     eval_every: int = 1000        # real steps between evaluations of the mean policy (each taken
                                   # at the end of an episode; evaluation steps count too)
     warmup: int = 1000            # transitions in the buffer before the first SAC update
@@ -120,6 +122,8 @@ class BaselineConfig:
             raise ValueError("config.risk.gamma and config.risk.eps must lie in (0, 1)")
         if not cfg.cpo.step_size > 0 or not 0 < cfg.cpo.backtrack_ratio < 1 or cfg.cpo.cost_limit < 0:
             raise ValueError("config.cpo: step_size must be > 0, backtrack_ratio in (0, 1), cost_limit >= 0")
+        if cfg.risk.batch < 1:
+            raise ValueError(f"config.risk.batch: must be >= 1, got {cfg.risk.batch}")
         if cfg.risk.samples < 1:
             raise ValueError(f"config.risk.samples: must be >= 1, got {cfg.risk.samples}")
         return cfg
@@ -142,8 +146,14 @@ class BaselineConfig:
         return steps
 
     @property
-    def violation_penalty(self) -> float:
+    def violation_penalty(self) -> float | None:
+        """The penalty in force; None: the environment's own reward at a violation."""
         return PENALTY[self.algorithm] if self.penalty is None else self.penalty
+
+    def reward(self, r: float, cost: float) -> float:
+        """The reward a step is learned from: -penalty at a violation, if a penalty is in force."""
+        pen = self.violation_penalty
+        return -pen if cost and pen is not None else r
 
     @property
     def start_from_initial(self) -> bool:
@@ -219,7 +229,7 @@ class Learner:
             return self.policy.mean_action(torch.as_tensor(s, dtype=torch.float32)).double().numpy()
 
     def store(self, s, a_env, a_task, r: float, s2, cost: float, term: bool) -> None:
-        self.buffer.add(s, a_task, -self.cfg.violation_penalty if cost else r, s2, float(term))
+        self.buffer.add(s, a_task, self.cfg.reward(r, cost), s2, float(term))
 
     def learn(self) -> None:
         if len(self.buffer) >= self.cfg.warmup:
@@ -322,11 +332,25 @@ class Learner:
         recount(self.counters, self.dir / "ledger.jsonl")
 
     # -- the run ------------------------------------------------------------------------------
+    def _evaluation_row(self, returns: list[float], seg_start: float) -> dict:
+        """Evaluate the mean policy and log a metrics row (and checkpoint)."""
+        row = {"eval": len(self.rows) + 1, **self.evaluate(),
+               "explore_return": float(np.mean(returns)) if returns else float("nan"),
+               "explore_episodes": len(returns),
+               "q_loss": self.last_info.get("q_loss", float("nan")),
+               "alpha": self.last_info.get("alpha", float("nan")), **self.row_extras(),
+               "env_steps": self.counters.env_steps, "episodes": self.counters.episodes,
+               "violations": self.counters.violations, "epoch_s": round(time.time() - seg_start, 2)}
+        self.rows.append(row)
+        write_csv(self.dir / "metrics.csv", self.rows)
+        self.save()
+        return row
+
     def run(self) -> dict:
         from tqdm.auto import tqdm
 
         cfg = self.cfg
-        started = time.time()
+        started = seg_start = time.time()   # the first row's time includes the offline phase
         if not self.offline["done"]:
             # the offline phase comes first, so every step before the online phase is offline (a
             # run that died during it does it again; the earlier steps still count)
@@ -338,7 +362,7 @@ class Learner:
         bar = tqdm(total=cfg.steps, initial=min(self.counters.env_steps - self.offline["steps"], cfg.steps),
                    desc=f"{self.algorithm} {self.sys.name}", unit="step", disable=not self.progress)
         env = self._env("explore")
-        seg_start, returns = time.time(), []
+        returns: list[float] = []
         try:
             while self.counters.env_steps < budget:
                 before = self.counters.env_steps
@@ -348,29 +372,23 @@ class Learner:
                 if online >= self.next_eval or self.counters.env_steps >= budget:
                     while self.next_eval <= online:
                         self.next_eval += cfg.eval_every
-                    row = {"eval": len(self.rows) + 1, **self.evaluate(),
-                           "explore_return": float(np.mean(returns)), "explore_episodes": len(returns),
-                           "q_loss": self.last_info.get("q_loss", float("nan")),
-                           "alpha": self.last_info.get("alpha", float("nan")), **self.row_extras(),
-                           "env_steps": self.counters.env_steps, "episodes": self.counters.episodes,
-                           "violations": self.counters.violations,
-                           "epoch_s": round(time.time() - seg_start, 2)}
-                    self.rows.append(row)
-                    write_csv(self.dir / "metrics.csv", self.rows)
-                    self.save()
+                    row = self._evaluation_row(returns, seg_start)
                     bar.set_postfix(violations=self.counters.violations, ret=f"{row['eval_return']:.3g}")
                     seg_start, returns = time.time(), []
         finally:
             env.close()
             bar.close()
+        if not self.rows or self.rows[-1]["env_steps"] < self.counters.env_steps:
+            # the run died after its last step but before its final evaluation (resume): take it now
+            self._evaluation_row(returns, seg_start)
         prior = sum(r.get("epoch_s", 0.0) for r in self.rows[: self._rows_at_start])
         evals = [r["eval_return"] for r in self.rows]
         return {"task": self.sys.name, "algorithm": self.algorithm, "seed": cfg.seed,
                 "env_steps": self.counters.env_steps, "episodes": self.counters.episodes,
                 "violations": self.counters.violations,
                 "offline_steps": self.offline["steps"], "offline_violations": self.offline["violations"],
-                "final_eval_return": evals[-1] if evals else float("nan"),
-                "mean_return": float(np.mean(evals)) if evals else float("nan"),
+                "final_eval_return": evals[-1],
+                "mean_return": float(np.mean(evals)),
                 "penalty": cfg.violation_penalty, "evaluations": len(self.rows),
                 "wall_clock_s": round(time.time() - started + prior, 1)}
 

@@ -3,8 +3,9 @@
 On-policy: ``cpo.batch`` real steps of the stochastic policy (started from the task's safe initial
 policy, as the paper gives CPO), then one CPO step. The constraint is on the expected number of
 violations per trajectory, J_C(pi) <= d (``cpo.cost_limit``, 0: no violation). With g and b the
-gradients of the reward and cost surrogates (GAE advantages, importance ratios), H the Fisher
-matrix (Hessian of the mean KL) and c = J_C - d, the step solves
+gradients of the reward and cost surrogates (GAE advantages, importance ratios, means over the
+batch's steps), H the Fisher matrix (Hessian of the mean KL) and c = J_C - d on the same per-step
+scale (the batch's violations per step minus d / horizon), the step solves
 
     max_x g.x   s.t.   c + b.x <= 0,   x^T H x / 2 <= delta                    (CPO, Eq. 10)
 
@@ -124,7 +125,7 @@ class CPO(Learner):
         return a, a
 
     def store(self, s, a_env, a_task, r, s2, cost, term) -> None:
-        r = -self.cfg.violation_penalty if cost else r   # (the cost itself is constrained, not priced)
+        r = self.cfg.reward(r, cost)   # (default: no penalty; the violations are constrained instead)
         self.batch.append((np.asarray(s, np.float32), self._z.astype(np.float32), float(r), float(cost),
                            float(term), np.asarray(s2, np.float32)))
 
@@ -159,9 +160,10 @@ class CPO(Learner):
         adv_c, ret_c = self.advantages(s, cost, s2, term, end, self.v_c, c.gae_lambda)
         adv_r = (adv_r - adv_r.mean()) / (adv_r.std() + 1e-8)
         adv_c = adv_c - adv_c.mean()
-        pieces = float(end.sum())
-        j_c = float(cost.sum()) / max(pieces, 1.0)   # violations per trajectory in the batch
-        c_val = j_c - c.cost_limit
+        # c of Eq. 10 per step, the scale of the surrogates (means over the batch's steps): the
+        # violations per step minus d spread over the horizon (safety-starter-agents: c / EpLen)
+        rate = float(cost.mean())
+        c_val = rate - c.cost_limit / self.sys.spec.horizon
 
         params = list(self.policy.parameters())
         with torch.no_grad():
@@ -224,7 +226,7 @@ class CPO(Learner):
             self.vf_opt.step()
         self.updates += 1
         self.last_case = case if accepted else f"{case} (rejected)"
-        self.last_info = {"q_loss": float(loss.detach()), "ep_cost": j_c}
+        self.last_info = {"q_loss": float(loss.detach()), "batch_violations": int(cost.sum())}
 
     def eval_act(self, s: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -242,7 +244,7 @@ class CPO(Learner):
 
     def row_extras(self) -> dict:
         return {"cpo_updates": self.updates, "cpo_step": self.last_case,
-                "ep_cost": self.last_info.get("ep_cost", float("nan"))}
+                "batch_violations": self.last_info.get("batch_violations", 0)}
 
 
 def train_cpo(system: str | System | None, config: BaselineConfig | None = None,

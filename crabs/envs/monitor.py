@@ -164,11 +164,14 @@ def read_ledger(path: str | os.PathLike) -> list[dict]:
     return out
 
 
-def ledger_totals(records: list[dict]) -> MonitorCounters:
-    """Counters implied by a ledger: the largest running totals any record carries. An episode
+def ledger_totals(records: list[dict], tag: str | None = None) -> MonitorCounters:
+    """Counters implied by a ledger: the largest running totals any record carries (of the records
+    with ``tag`` only, if given: e.g. the totals at the end of a run's "offline" phase). An episode
     that was under way when the process died (a progress record, no episode record) counts."""
     c = MonitorCounters()
     for r in records:
+        if tag is not None and r.get("tag") != tag:
+            continue
         if "env_steps" in r:
             c.env_steps = max(c.env_steps, int(r["env_steps"]))
         if "violations" in r:

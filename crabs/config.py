@@ -316,6 +316,21 @@ def _validate(obj, where: str) -> None:
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A user's YAML config file as a dict, with a one-line error if it is missing, not YAML or not
+    a mapping."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(p)!r} must hold a mapping")
+    return data
+
+
 def load_config(path: str | Path | None = None, task: str | None = None) -> Config:
     """The task's default config (``crabs/configs/<task>.yaml``), overlaid with ``path`` if given."""
     from crabs.envs import get_task
@@ -328,15 +343,7 @@ def load_config(path: str | Path | None = None, task: str | None = None) -> Conf
             data = yaml.safe_load(default.read_text()) or {}
         data["task"] = task
     if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"config file {str(p)!r} does not exist")
-        try:
-            user = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"config file {str(p)!r} is not valid YAML: {e}") from None
-        if not isinstance(user, dict):
-            raise ValueError(f"config file {str(p)!r} must hold a mapping")
+        user = read_yaml_mapping(path)
         if task is not None and "task" in user and get_task(user["task"]).name != task:
             raise ValueError(f"config file is for task {user['task']!r}, not {task!r}")
         _deep_update(data, user)

@@ -635,12 +635,10 @@ def train(system: str | System | None, config: Config | None = None, out: str | 
     from tqdm.auto import tqdm
 
     from crabs.config import load_config
-    from crabs.runs import prepare_run_dir, write_json
+    from crabs.runs import claim_run_dir, write_json
     from crabs.system import builtin_system
 
-    if resume and not (Path(out) / "config.yaml").exists():
-        raise FileNotFoundError(f"{str(out)!r} holds no run to resume (no config.yaml)")
-    out = prepare_run_dir(out)
+    out = claim_run_dir(out, resume)
     cfg_path = out / "config.yaml"
     if resume:
         cfg = Config.from_dict(yaml.safe_load(cfg_path.read_text()))
@@ -663,8 +661,6 @@ def train(system: str | System | None, config: Config | None = None, out: str | 
     else:
         if system is None:
             raise ValueError("a task or System is required for a new run")
-        if (out / "ledger.jsonl").exists() or (out / "checkpoints").exists():
-            raise ValueError(f"{str(out)!r} already holds a run: pass resume or choose another folder")
         if config is None:
             config = load_config(task=system if isinstance(system, str) else None)
         cfg = config

@@ -41,6 +41,17 @@ def prepare_run_dir(out: str | os.PathLike) -> Path:
     return path
 
 
+def claim_run_dir(out: str | os.PathLike, resume: bool) -> Path:
+    """The run folder ``out``, ready to write: to resume, it must hold a run (its config.yaml); for a
+    new run, it must not (no ledger, no checkpoints), so that no run is ever overwritten."""
+    if resume and not (Path(out) / "config.yaml").exists():
+        raise FileNotFoundError(f"{str(out)!r} holds no run to resume (no config.yaml)")
+    path = prepare_run_dir(out)
+    if not resume and ((path / "ledger.jsonl").exists() or (path / "checkpoints").exists()):
+        raise ValueError(f"{str(out)!r} already holds a run: pass resume or choose another folder")
+    return path
+
+
 def write_json(path: str | os.PathLike, data: dict) -> None:
     """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
     path = Path(path)

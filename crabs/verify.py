@@ -28,7 +28,7 @@ import yaml
 
 from crabs.barrier import U_pi
 from crabs.config import Config
-from crabs.envs import SafetyMonitor
+from crabs.envs import SafetyMonitor, ledger_totals, read_ledger
 from crabs.mala import Adversary
 from crabs.system import System
 
@@ -64,8 +64,6 @@ def load_run(run_dir: str | Path, system: System | None = None, which: str = "de
 @torch.no_grad()
 def _rollouts(crabs, starts: torch.Tensor, horizon: int, ledger: Path) -> dict:
     """True-dynamics rollouts of the mean policy from each start state (through a monitor)."""
-    from crabs.envs import ledger_totals, read_ledger
-
     h, policy, sys = crabs.h, crabs.policy, crabs.sys
     # the audit ledger's counts continue across audits, as a run's do across resumes
     env = SafetyMonitor(sys.make_env(), sys.spec, ledger=ledger, tag="verify",

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from crabs.buffer import ReplayBuffer
-from crabs.config import SACConfig, _build, _deep_update, _plain
+from crabs.config import SACConfig, _build, _deep_update, _plain, read_yaml_mapping
 from crabs.envs import MonitorCounters, SafetyMonitor, get_task
 from crabs.nets import TanhGaussianPolicy
-from crabs.runs import prepare_run_dir, recount, rng_state, set_rng_state, write_csv, write_json
+from crabs.runs import claim_run_dir, recount, rng_state, set_rng_state, write_csv, write_json
 from crabs.sac import ConstrainedSAC
 from crabs.system import System
 
@@ -163,21 +163,11 @@ class BaselineConfig:
 def load_baseline_config(algorithm: str, path: str | Path | None, task: str, **overrides) -> BaselineConfig:
     """``algorithm``'s defaults for built-in ``task``, overlaid with the YAML file ``path`` (if
     given) and the ``overrides`` that are not None (e.g. seed, total_steps)."""
-    import yaml
-
     data: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(f"config file {str(p)!r} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"config file {str(p)!r} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {str(p)!r} must hold a mapping")
+        data = read_yaml_mapping(path)
         if data.get("algorithm", algorithm) != algorithm:
-            raise ValueError(f"config file {str(p)!r} is for {data['algorithm']!r}, not {algorithm!r}")
+            raise ValueError(f"config file {str(path)!r} is for {data['algorithm']!r}, not {algorithm!r}")
     task = get_task(task).name
     if "task" in data and get_task(data["task"]).name != task:
         raise ValueError(f"config file is for task {data['task']!r}, not {task!r}")
@@ -231,10 +221,15 @@ class Learner:
     def store(self, s, a_env, a_task, r: float, s2, cost: float, term: bool) -> None:
         self.buffer.add(s, a_task, self.cfg.reward(r, cost), s2, float(term))
 
+    def pi_penalty(self):
+        """A per-sample term ``f(s, a)`` added to SAC's policy loss (SQRL's nu Q_risk), or None."""
+        return None
+
     def learn(self) -> None:
         if len(self.buffer) >= self.cfg.warmup:
             for _ in range(self.cfg.updates_per_step):
-                self.last_info = self.sac.update(self.buffer.sample(self.cfg.sac.batch, self.rng), None, None)
+                self.last_info = self.sac.update(self.buffer.sample(self.cfg.sac.batch, self.rng), None, None,
+                                                 pi_penalty=self.pi_penalty())
 
     def pretrain(self) -> None:
         """Before the online phase (once; RecoveryRL and SQRL collect offline data here)."""
@@ -405,9 +400,7 @@ def train_baseline(learner_cls: type[Learner], system: str | System | None,
     from crabs.system import builtin_system
 
     algorithm = learner_cls.algorithm
-    if resume and not (Path(out) / "config.yaml").exists():
-        raise FileNotFoundError(f"{str(out)!r} holds no run to resume (no config.yaml)")
-    out = prepare_run_dir(out)
+    out = claim_run_dir(out, resume)
     cfg_path = out / "config.yaml"
     if resume:
         data = yaml.safe_load(cfg_path.read_text())
@@ -424,8 +417,6 @@ def train_baseline(learner_cls: type[Learner], system: str | System | None,
     else:
         if system is None:
             raise ValueError("a task or System is required for a new run")
-        if (out / "ledger.jsonl").exists() or (out / "checkpoints").exists():
-            raise ValueError(f"{str(out)!r} already holds a run: pass resume or choose another folder")
         name = get_task(system).name if isinstance(system, str) else system.name
         cfg = config if config is not None else BaselineConfig(algorithm=algorithm)
         if cfg.algorithm != algorithm:

@@ -45,15 +45,9 @@ class SQRL(RiskLearner):
             mean = self.policy.mean_action(torch.as_tensor(s, dtype=torch.float32)[None])
         return self.filtered(s, first=mean)
 
-    def learn(self) -> None:
-        cfg = self.cfg
-        if len(self.buffer) >= cfg.warmup:
-            nu = cfg.risk.nu
-            for _ in range(cfg.updates_per_step):
-                self.last_info = self.sac.update(self.buffer.sample(cfg.sac.batch, self.rng), None, None,
-                                                 pi_penalty=lambda s, a: nu * self.critic(s, a))
-        if len(self.risk_buffer) >= cfg.risk.batch:
-            self.learn_risk()
+    def pi_penalty(self):
+        nu = self.cfg.risk.nu
+        return lambda s, a: nu * self.critic(s, a)
 
 
 def train_sqrl(system: str | System | None, config: BaselineConfig | None = None,

@@ -101,6 +101,8 @@ def cmd_baseline(args) -> int:
 def cmd_compare(args) -> int:
     from pathlib import Path
 
+    import numpy as np
+
     from crabs.plots import figure2
 
     runs, table = [], []
@@ -122,8 +124,10 @@ def cmd_compare(args) -> int:
                     "final_eval_return": None}
         runs.append((f"{info.get('algorithm')} s{info.get('seed')}", d))
         table.append(info)
-    tasks = sorted({str(t.get("task")) for t in table})
-    out = figure2(runs, args.out, title=", ".join(tasks))
+    # the paper's Figure 2: one column per task, one curve per algorithm (mean and one standard
+    # deviation over its seeds); --each draws every run on its own
+    out = figure2([(str(t.get("task")), label if args.each else str(t.get("algorithm")), d)
+                   for (label, d), t in zip(runs, table)], args.out)
     print(f"{'run':24s} {'task':8s} {'env steps':>10s} {'violations':>10s} {'of them offline':>16s} "
           f"{'final return':>13s}")
     for (label, _), t in zip(runs, table):
@@ -131,6 +135,17 @@ def cmd_compare(args) -> int:
         ret = "-" if ret is None else f"{ret:.4g}"
         print(f"{label:24s} {str(t.get('task')):8s} {t.get('env_steps', 0):>10d} "
               f"{t.get('violations', 0):>10d} {t.get('offline_violations', 0):>16d} {ret:>13s}")
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for t in table:
+        groups.setdefault((str(t.get("task")), str(t.get("algorithm"))), []).append(t)
+    if any(len(g) > 1 for g in groups.values()):
+        print(f"\n{'task':8s} {'algorithm':12s} {'runs':>4s} {'violations (mean, max)':>23s} "
+              f"{'final return (mean +- std)':>27s}")
+        for (task, algo), g in groups.items():
+            v = [t.get("violations", 0) for t in g]
+            r = [t["final_eval_return"] for t in g if t.get("final_eval_return") is not None]
+            ret = f"{np.mean(r):.4g} +- {np.std(r):.2g}" if r else "-"
+            print(f"{task:8s} {algo:12s} {len(g):>4d} {f'{np.mean(v):.1f}, {max(v)}':>23s} {ret:>27s}")
     print(f"figure: {out}")
     return 0
 
@@ -202,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "their violations and returns")
     s.add_argument("runs", nargs="+", help="run folders")
     s.add_argument("--out", default="compare.png", help="figure file (default compare.png)")
+    s.add_argument("--each", action="store_true",
+                   help="one curve per run (default: per task and algorithm, mean and one standard "
+                        "deviation over the runs, as the paper's Figure 2)")
     s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("verify", help="audit a CRABS run's certificate (R.1-R.3) with an independent "

@@ -33,43 +33,94 @@ def read_metrics(path: str | Path) -> list[dict]:
     return out
 
 
-def figure2(runs: Sequence[tuple[str, str | Path]], out: str | Path, title: str = "") -> Path:
-    """Return of the evaluated policy and cumulative violations against environment steps, one line
-    per run folder (label, folder). Violations come from the ledger, so none can be left out. A run
-    that began with offline data (RecoveryRL, SQRL) is drawn against its online steps, its
-    violations curve starting at the offline ones, which the legend also states."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    top, any_offline = 1, False
-    for label, d in runs:
-        d = Path(d)
-        led = read_ledger(d / "ledger.jsonl")
-        off = ledger_totals(led, tag="offline")
-        off_steps, off_viol = off.env_steps, off.violations
-        if off_steps:
-            any_offline = True
-            label = f"{label} (+{off_viol} violations in {off_steps} offline steps)"
-        rows = [r for r in read_metrics(d / "metrics.csv") if r.get("eval_return") not in ("", None)]
-        if rows:
-            ax1.plot([r["env_steps"] - off_steps for r in rows], [r["eval_return"] for r in rows],
-                     label=label)
-        eps = [r for r in led if r.get("event") == "episode" and r.get("tag") != "offline"]
-        xs = [0] + [r["env_steps"] - off_steps for r in eps]
-        ys = [off_viol] + [r["violations"] for r in eps]
-        ax2.step(xs, ys, where="post", label=label)
-        top = max(top, ys[-1])
-    xlabel = "environment steps" + (" (online; offline violations counted at 0)" if any_offline else "")
-    ax1.set(xlabel=xlabel, ylabel="return (mean policy)", title="return")
-    ax2.set(xlabel=xlabel, ylabel="cumulative violations", title="safety violations")
-    if top > 100:   # counts from 0 to thousands: a linear axis would flatten the small ones
-        ax2.set_yscale("symlog", linthresh=10)
-        ax2.set_ylim(-0.5, 2 * top)
-    else:
-        ax2.set_ylim(-0.05 * top, 1.1 * top)
-    for ax in (ax1, ax2):
+def run_curves(folder: str | Path) -> dict:
+    """One run folder's Figure 2 data: evaluation returns and cumulative violations against its
+    online environment steps. Violations come from the ledger, so none can be left out; a run that
+    began with offline data (RecoveryRL, SQRL) starts its violations curve at the offline count."""
+    d = Path(folder)
+    led = read_ledger(d / "ledger.jsonl")
+    off = ledger_totals(led, tag="offline")
+    rows = [r for r in read_metrics(d / "metrics.csv") if r.get("eval_return") not in ("", None)]
+    eps = [r for r in led if r.get("event") == "episode" and r.get("tag") != "offline"]
+    return {"eval_x": np.array([r["env_steps"] - off.env_steps for r in rows], dtype=float),
+            "eval_y": np.array([r["eval_return"] for r in rows], dtype=float),
+            "viol_x": np.array([0] + [r["env_steps"] - off.env_steps for r in eps], dtype=float),
+            "viol_y": np.array([off.violations] + [r["violations"] for r in eps], dtype=float),
+            "offline_steps": off.env_steps, "offline_violations": off.violations}
+
+
+def _held(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """y of the last point at or before each grid step (a step function: a policy's evaluation and
+    a violation count hold until the next one)."""
+    return y[np.clip(np.searchsorted(x, grid, side="right") - 1, 0, len(y) - 1)]
+
+
+def _mean_std(curves: list[tuple[np.ndarray, np.ndarray]]):
+    """Mean and standard deviation of several runs' step functions on the union of their steps,
+    over the steps every run reached (the paper: mean of four runs, one standard deviation)."""
+    curves = [(x, y) for x, y in curves if len(x)]
+    if not curves:
+        return None
+    lo, hi = max(x[0] for x, _ in curves), min(x[-1] for x, _ in curves)
+    grid = np.unique(np.concatenate([x for x, _ in curves]))
+    grid = grid[(grid >= lo) & (grid <= hi)]
+    if not len(grid):
+        return None
+    ys = np.stack([_held(x, y, grid) for x, y in curves])
+    return grid, ys.mean(0), ys.std(0)
+
+
+def figure2(runs: Sequence[tuple[str, str | Path]] | Sequence[tuple[str, str, str | Path]],
+            out: str | Path, title: str = "") -> Path:
+    """The paper's Figure 2: evaluation return (top row) and cumulative safety violations (bottom
+    row) against environment steps, one column per task. ``runs`` holds (label, folder) or
+    (task, label, folder); runs sharing a task and a label are one curve, the mean over them with
+    one standard deviation shaded, as the paper draws four seeds. Runs with offline data (RecoveryRL,
+    SQRL) are drawn against their online steps, their violations starting at the offline ones,
+    which the legend also states."""
+    groups: dict[str, dict[str, list[dict]]] = {}
+    for run in runs:
+        task, label, folder = run if len(run) == 3 else (title, *run)
+        groups.setdefault(task, {}).setdefault(label, []).append(run_curves(folder))
+    n = len(groups)
+    fig, axes = plt.subplots(2, n, figsize=(4.6 * n, 6.4), squeeze=False)
+    any_offline = False
+    for col, (task, by_label) in enumerate(groups.items()):
+        ax1, ax2 = axes[0, col], axes[1, col]
+        top = 1.0
+        for i, (label, cs) in enumerate(by_label.items()):
+            color = f"C{i % 10}"
+            off_v = [c["offline_violations"] for c in cs if c["offline_steps"]]
+            name = label if len(cs) == 1 else f"{label} ({len(cs)} runs)"
+            if off_v:
+                any_offline = True
+                name += f" (+{np.mean(off_v):.0f} in {cs[0]['offline_steps']} offline steps)"
+            for ax, key, step in ((ax1, "eval", False), (ax2, "viol", True)):
+                ms = _mean_std([(c[f"{key}_x"], c[f"{key}_y"]) for c in cs])
+                if ms is None:
+                    continue
+                grid, mean, std = ms
+                if step:
+                    ax.step(grid, mean, where="post", color=color, label=name)
+                    top = max(top, float(mean.max() + std.max()))
+                else:
+                    ax.plot(grid, mean, color=color, label=name)
+                if len(cs) > 1:
+                    ax.fill_between(grid, mean - std, mean + std, color=color, alpha=0.2,
+                                    step="post" if step else None, linewidth=0)
+        if top > 100:   # counts from 0 to thousands: a linear axis would flatten the small ones
+            ax2.set_yscale("symlog", linthresh=10)
+            ax2.set_ylim(-0.5, 2 * top)
+        else:
+            ax2.set_ylim(-0.05 * top, 1.1 * top)
+        ax1.set(ylabel="return (mean policy)", title=task)
+        ax2.set(ylabel="cumulative violations")
+    xlabel = "environment steps" + (" (online; offline violations at 0)" if any_offline else "")
+    for ax in axes.flat:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
+    for ax in axes[1]:
+        ax.set_xlabel(xlabel)
+        ax.legend(fontsize=7, loc="best")
     return _save(fig, out)
 
 

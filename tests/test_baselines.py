@@ -159,6 +159,11 @@ def test_compare_draws_figure2_and_tabulates(tmp_path, capsys):
     assert "sac s0" in out and "sac s1" in out and "upright" in out
     s0 = json.loads((tmp_path / "s0" / "summary.json").read_text())
     assert str(s0["env_steps"]) in out
+    s1 = json.loads((tmp_path / "s1" / "summary.json").read_text())
+    row = [x for x in out.splitlines() if x.startswith("upright  sac")][0].split()
+    mean_v = (s0["violations"] + s1["violations"]) / 2
+    assert row[2:5] == ["2", f"{mean_v:.1f},", str(max(s0["violations"], s1["violations"]))]
+    assert main(["compare", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(fig), "--each"]) == 0
     assert main(["compare", str(tmp_path), "--out", str(fig)]) == 2
     assert "is not a run folder" in capsys.readouterr().err
     assert main(["verify", str(tmp_path / "s0")]) == 2   # no certificate to audit

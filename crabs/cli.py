@@ -59,11 +59,20 @@ def cmd_rollout(args) -> int:
     return 0 if result["violations"] == 0 else 1
 
 
+def _resume_only(args, *ignored: str) -> None:
+    """A resumed run keeps its own config.yaml: refuse options that would silently not apply."""
+    given = [f"--{k}" for k in ignored if getattr(args, k, None) is not None]
+    if given:
+        raise ValueError(f"{', '.join(given)} cannot be used with --resume: the run continues with its "
+                         "own config.yaml")
+
+
 def cmd_train(args) -> int:
     from crabs.config import load_config
     from crabs.loop import train
 
     if args.resume:
+        _resume_only(args, "config", "seed", "out")
         result = train(args.task, None, args.resume, resume=True, progress=not args.quiet,
                        epochs=args.epochs)
     else:
@@ -87,6 +96,7 @@ def cmd_baseline(args) -> int:
 
     train = BASELINES[args.algorithm]
     if args.resume:
+        _resume_only(args, "config", "seed", "out", "steps")
         result = train(args.task, None, args.resume, resume=True, progress=not args.quiet)
     else:
         if args.task is None or args.out is None:
@@ -138,7 +148,7 @@ def cmd_compare(args) -> int:
     groups: dict[tuple[str, str], list[dict]] = {}
     for t in table:
         groups.setdefault((str(t.get("task")), str(t.get("algorithm"))), []).append(t)
-    if any(len(g) > 1 for g in groups.values()):
+    if groups:
         print(f"\n{'task':8s} {'algorithm':12s} {'runs':>4s} {'violations (mean, max)':>23s} "
               f"{'final return (mean +- std)':>27s}")
         for (task, algo), g in groups.items():
@@ -169,7 +179,8 @@ def cmd_oracle(args) -> int:
 def cmd_make_initial(args) -> int:
     from crabs.initial import main as make_initial
 
-    return make_initial(args.rest)
+    argv = [x for t in args.task or [] for x in ("--task", t)] + (["--out", args.out] if args.out else [])
+    return make_initial(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -192,9 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", type=_task)
     s.add_argument("--config", help="YAML file overriding the task's default config")
     s.add_argument("--seed", type=int)
-    s.add_argument("--epochs", type=_positive_int)
+    s.add_argument("--epochs", type=_positive_int, help="epochs in all (default: the config's)")
     s.add_argument("--out", help="run folder (must be new)")
-    s.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR")
+    s.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR, or extend a "
+                   "finished one with a larger --epochs")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_train)
 
@@ -204,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sac: SAC with a violation penalty; cpo: CPO; recovery_rl: RecoveryRL (model-free "
                    "recovery); sqrl: SQRL (Sec. 6, App. C.3)")
     s.add_argument("--task", type=_task)
-    s.add_argument("--config", help="YAML file of BaselineConfig keys (penalty, sac: {...}, risk: {...})")
+    s.add_argument("--config", help="YAML file of BaselineConfig keys (total_steps, penalty, eval_every, "
+                   "warmup, updates_per_step, from_initial, sac: {...}, risk: {...}, cpo: {...}; "
+                   "docs/config.md)")
     s.add_argument("--seed", type=int)
     s.add_argument("--steps", type=_positive_int,
                    help="online real steps to take (default: the task's budget)")
@@ -240,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_oracle)
 
     s = sub.add_parser("make-initial", help="regenerate the shipped safe initial policies")
-    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.add_argument("--task", type=_task, action="append",
+                   help="task to regenerate (repeatable; default: all four)")
+    s.add_argument("--out", help="output folder (default: the package's crabs/data)")
     s.set_defaults(func=cmd_make_initial)
     return p
 

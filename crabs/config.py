@@ -164,7 +164,7 @@ class ExploreConfig:
 
     n: int = 100                               # paper: 100 proposals
     noise_decay: bool = True                   # release: noise scale 1 -> 1e-3 over the proposals
-    episodes_per_epoch: int = 1                # paper: 1 (Upright/Tilt/Move), 6 (Swing)
+    episodes_per_epoch: int = 1                # paper: 1; Swing 6 (here 2 + 2 uniform + 2 noisy)
     uniform_episodes: int = 0                  # Swing: 2 with uniform proposals
     noisy_episodes: int = 0                    # Swing: 2 with extra noise
     region_std: float = 0.0                    # > 0: Alg. 3 checks proposals with U over the members'
@@ -357,6 +357,7 @@ PAPER = {
     "dynamics.init_steps": 20000, "barrier.hidden": (256, 256), "barrier.max_steps": 20000,
     "barrier.quiet_steps": 5000, "mala.chains": 10000, "mala.adapt_rate": 0.01, "sac.hidden": (256, 256),
     "sac.critic_hidden": (256, 256), "barrier.regrow": False, "barrier.box_barrier": False,
-    "sac.steps_per_epoch": 2000, "final_policy": "last",
+    "sac.steps_per_epoch": 2000, "final_policy": "last", "dynamics.saturate_actions": False,
+    "mala.init_step": 1e-3,
 }
 """Where the default departs from the paper (value = the paper's). See docs/config.md."""

@@ -74,6 +74,7 @@ class CRABS:
         # the last policy that was certified (initially the given safe policy): what acts whenever
         # the current (policy, certificate, model) triple could not be certified
         self.safe_policy_state = copy.deepcopy(self.policy.state_dict())
+        self.safe_policy_epoch = 0  # the epoch whose policy that is (0: the initial policy)
         self._safe_policy = None  # a policy network holding safe_policy_state, built on demand
         # the certified (policy, h) pair with the highest evaluation return so far, what the run
         # delivers with final_policy "best": {"epoch", "return", "policy", "h"}
@@ -112,10 +113,17 @@ class CRABS:
         return {"return": ret, "length": n, "safeguard": n_guard, "model_failures": fails,
                 "states": np.asarray(states)}
 
-    def set_safe_policy(self, state: dict) -> None:
-        """Record the last certified policy (what acts whenever the triple is not certified)."""
+    def set_safe_policy(self, state: dict, epoch: int) -> None:
+        """Record the last certified policy (what acts whenever the triple is not certified) and the
+        epoch it is from."""
         self.safe_policy_state = copy.deepcopy(state)
+        self.safe_policy_epoch = int(epoch)
         self._safe_policy = None
+
+    def acting_policy_epoch(self) -> int:
+        """The epoch of the policy that acts now: the current one if certified, else the last
+        certified one."""
+        return self.epoch if self.certified else self.safe_policy_epoch
 
     def _safe_act(self, s):
         if self._safe_policy is None:
@@ -395,9 +403,10 @@ class CRABS:
     def adopt_final_policy(self) -> int:
         """With ``final_policy: best``, load the best certified pair into the policy and h (for the
         final evaluation, policy.pt and the plots; last.pt keeps the training state). Returns the
-        epoch whose policy is delivered."""
+        epoch whose policy is delivered (with ``last``, or no certified pair kept: the acting policy's,
+        the last certified one if the last epoch's policy was not)."""
         if self.cfg.final_policy == "last" or self.best is None:
-            return self.epoch
+            return self.acting_policy_epoch()
         self.policy.load_state_dict(self.best["policy"])
         self.h.load_state_dict(self.best["h"])
         self.certified = True
@@ -515,7 +524,7 @@ class CRABS:
                 ok, _ = self.train_certificate(cfg.barrier.max_steps, h_prev)
         self.certified = ok
         if ok:
-            self.set_safe_policy(self.policy.state_dict())
+            self.set_safe_policy(self.policy.state_dict(), self.epoch + 1)
         row.update(policy_certified=ok, policy_cert_steps=psteps)
         lap("verify")
         if cfg.eval_every and (self.epoch + 1) % cfg.eval_every == 0:
@@ -534,6 +543,7 @@ class CRABS:
         return {"version": CKPT_VERSION, "system": self.sys.name, "config": self.cfg.to_dict(),
                 "epoch": self.epoch, "counters": self.counters.to_dict(), "dilation": self.dilation,
                 "certified": self.certified, "safe_policy": self.safe_policy_state,
+                "safe_policy_epoch": self.safe_policy_epoch,
                 "model": self.dyn.state_dict(),
                 "barrier": self.cert.state_dict(), "sac": self.sac.state_dict(),
                 "buffer": self.buffer.state_dict(), "log": self.log.rows, "rng": self._rng_state(),
@@ -550,7 +560,8 @@ class CRABS:
             raise ValueError(f"checkpoint is from task {d['system']!r}, not {self.sys.name!r}")
         self.epoch, self.certified = d["epoch"], d["certified"]
         self.dilation = float(d.get("dilation", self.cfg.barrier.dilation))
-        self.set_safe_policy(d["safe_policy"])
+        # (checkpoints written before safe_policy_epoch existed: the last epoch, as they reported)
+        self.set_safe_policy(d["safe_policy"], d.get("safe_policy_epoch", d["epoch"]))
         self.counters = MonitorCounters(**d["counters"])
         self.dyn.load_state_dict(d["model"])
         self.cert.load_state_dict(d["barrier"])
@@ -574,7 +585,7 @@ class CRABS:
         tmp = ck / "last.pt.tmp"
         torch.save(self.state_dict(), tmp)
         tmp.replace(path)
-        self.save_policy(self.epoch)
+        self.save_policy(self.acting_policy_epoch())
         return path
 
     def save_policy(self, epoch: int) -> None:

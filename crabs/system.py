@@ -24,7 +24,9 @@ class System:
         initial_policy: a safe (certifiable) initial policy, a TanhGaussianPolicy.
         state_low, state_high: the box in which the adversary searches and certificates are drawn;
             constrained coordinates should match the safe set, free ones (speeds) a generous bound.
-        reward: optional r(s) (NumPy), for ground-truth checks only; training uses the env's rewards.
+        reward: optional r(s), for ground-truth checks; training uses the env's rewards, except
+            ``sac.model_horizon > 0``, which rolls r out through the model (then it must also work
+            on torch tensors, as the built-in rewards do).
         action_bound: optional known actuator saturation: actions beyond +-action_bound act on the
             plant as +-action_bound (the built-in cart-poles: 1/3, their control is clip(3a, -1, 1)).
             With ``dynamics.saturate_actions`` the dynamics model sees the clipped action.

@@ -193,6 +193,22 @@ def test_resume_of_a_finished_run_takes_no_real_step(tiny_run, capsys):
     assert "finished its 2 epochs: nothing to do" in capsys.readouterr().out
 
 
+def test_cli_refuses_options_a_resumed_run_would_ignore(tiny_run, capsys):
+    """A resumed run keeps its config.yaml: --seed, --config, --out (and a baseline's --steps) are
+    refused with a one-line error, not silently dropped; make-initial takes its own options."""
+    from crabs.cli import build_parser, main
+
+    out, _ = tiny_run
+    before = (out / "ledger.jsonl").read_text()
+    assert main(["train", "--resume", str(out), "--seed", "3"]) == 2
+    assert "--seed cannot be used with --resume" in capsys.readouterr().err
+    assert main(["baseline", "sac", "--resume", str(out), "--steps", "10", "--out", "x"]) == 2
+    assert "--out, --steps cannot be used with --resume" in capsys.readouterr().err
+    assert (out / "ledger.jsonl").read_text() == before
+    args = build_parser().parse_args(["make-initial", "--task", "upright", "--task", "tilt", "--out", "d"])
+    assert (args.task, args.out) == (["upright", "tilt"], "d")
+
+
 def test_resume_refuses_another_task(tiny_run):
     out, _ = tiny_run
     with pytest.raises(ValueError, match="holds a run of task 'upright', not 'tilt'"):
@@ -206,8 +222,9 @@ def test_fallback_policy_follows_the_last_certified_policy(tmp_path):
     s = [0.3, -0.9]
     a0 = c._safe_act(s)
     new = {k: v + 0.5 for k, v in c.policy.state_dict().items()}
-    c.set_safe_policy(new)
+    c.set_safe_policy(new, 2)
     a1 = c._safe_act(s)
+    assert c.safe_policy_epoch == 2 and c.acting_policy_epoch() == 2   # c.certified is False
     assert not torch.allclose(torch.as_tensor(a0), torch.as_tensor(a1))
     ref = c._safe_policy.mean_action(torch.tensor(s)).detach().double().numpy()
     c.policy.load_state_dict(new)
@@ -242,8 +259,15 @@ def test_best_pair_is_kept_only_from_certified_evaluations_and_delivered(tmp_pat
                  tmp_path / "c", progress=False)
     last.load_state_dict(blob)
     before = copy.deepcopy(last.policy.state_dict())
-    assert last.adopt_final_policy() == 5 and not last.certified
+    # the last epoch's policy was not certified: the last certified one acts and is delivered
+    assert last.adopt_final_policy() == 0 and not last.certified   # here the initial policy
     torch.testing.assert_close(last.policy.state_dict(), before)
+    last.set_safe_policy(pi1, 3)
+    assert last.adopt_final_policy() == 3
+    last.certified = True
+    assert last.adopt_final_policy() == 5
+    assert CRABS(builtin_system("upright"), Config.from_dict(TINY), tmp_path / "d",
+                 progress=False).acting_policy_epoch() == 0
     assert c2.adopt_final_policy() == 1 and c2.certified
     torch.testing.assert_close(c2.policy.state_dict(), pi1)
     torch.testing.assert_close(c2.h.state_dict(), h1)

@@ -69,6 +69,20 @@ def test_paper_values_are_available():
     paper = Config().replace(dynamics={"hidden": list(PAPER["dynamics.hidden"])},
                              mala={"chains": PAPER["mala.chains"]})
     assert paper.dynamics.hidden == (400, 400, 400, 400) and paper.mala.chains == 10000
+    # every listed departure is a real key whose default differs, and the paper's value is accepted
+    nested: dict = {}
+    for key, value in PAPER.items():
+        *sections, name = key.split(".")
+        node = cfg
+        for sec in sections:
+            node = getattr(node, sec)
+        default = getattr(node, name)
+        assert default != (tuple(value) if isinstance(value, (list, tuple)) else value), key
+        d = nested
+        for sec in sections:
+            d = d.setdefault(sec, {})
+        d[name] = list(value) if isinstance(value, tuple) else value
+    assert Config.from_dict(nested).final_policy == "last"
 
 
 def test_known_actuator_saturation_reaches_the_model(tmp_path):

@@ -12,7 +12,7 @@ scale (the batch's violations per step minus d / horizon), the step solves
 by its dual (Achiam et al., App. 10.2): x = (H^-1 g - nu H^-1 b) / lambda, or, when no point of the
 trust region satisfies the linearised constraint, the recovery step x = -sqrt(2 delta / b.H^-1 b)
 H^-1 b. H^-1 is applied by conjugate gradients; a backtracking line search keeps the KL within
-delta and the cost surrogate within the constraint. Value functions for reward and cost are
+1.5 delta and the cost surrogate within the constraint. Value functions for reward and cost are
 regressed on their GAE returns. Actions are tanh-squashed Gaussian samples; importance ratios and
 KL are those of the Gaussian before the squash (the tanh factors cancel).
 """

@@ -320,12 +320,19 @@ def test_cpo_runs_on_policy_steps_and_counts_everything(tmp_path):
     from crabs.baselines import train_cpo
 
     torch.set_num_threads(1)
-    cfg = BaselineConfig.from_dict({"algorithm": "cpo", "task": "upright", "total_steps": 700,
+    cfg = BaselineConfig.from_dict({"algorithm": "cpo", "task": "upright", "total_steps": 2400,
                                     "eval_every": 300, "cpo": {"batch": 200, "vf_iters": 5}})
     summary = train_cpo("upright", cfg, tmp_path, progress=False)
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     head = rows[0].split(",")
     last = dict(zip(head, rows[-1].split(",")))
+    # the i-th evaluation comes after i x eval_every of the learner's own steps: evaluation
+    # episodes (200 steps here) count, but do not bring the next evaluation closer
+    evals = [dict(zip(head, r.split(","))) for r in rows[1:]]
+    learner_steps = [int(r["env_steps"]) - sum(int(e["eval_length"]) for e in evals[: i + 1])
+                     for i, r in enumerate(evals)]
+    assert all(n >= 300 * (i + 1) for i, n in enumerate(learner_steps[:-1])), learner_steps
+    assert len(evals) <= 2400 // 300 + 1
     assert int(last["cpo_updates"]) >= 2 and last["cpo_step"] in (
         "trpo", "constrained", "recovery", "trpo (rejected)", "constrained (rejected)", "recovery (rejected)")
     assert summary["env_steps"] == ledger_totals(read_ledger(tmp_path / "ledger.jsonl")).env_steps >= 700

@@ -95,8 +95,9 @@ class BaselineConfig:
     penalty: float | None = None  # a number: a violating step is stored with reward -penalty
                                   # (terminal); unset: PENALTY[algorithm], where None keeps the
                                   # environment's own reward there (built-in tasks: -30)
-    eval_every: int = 1000        # real steps between evaluations of the mean policy (each taken
-                                  # at the end of an episode; evaluation steps count too)
+    eval_every: int = 1000        # the learner's real steps between evaluations of the mean policy
+                                  # (each taken at the end of an episode; its steps count towards
+                                  # the budget, not towards the next evaluation)
     warmup: int = 1000            # transitions in the buffer before the first SAC update
     updates_per_step: int = 1     # SAC updates per real step
     from_initial: bool | None = None  # the task policy starts as the task's safe initial policy;
@@ -327,6 +328,10 @@ class Learner:
         recount(self.counters, self.dir / "ledger.jsonl")
 
     # -- the run ------------------------------------------------------------------------------
+    def eval_steps(self) -> int:
+        """Real steps taken by the evaluations so far (counted, but not the learner's)."""
+        return int(sum(r["eval_length"] for r in self.rows))
+
     def _evaluation_row(self, returns: list[float], seg_start: float) -> dict:
         """Evaluate the mean policy and log a metrics row (and checkpoint)."""
         row = {"eval": len(self.rows) + 1, **self.evaluate(),
@@ -363,9 +368,12 @@ class Learner:
                 before = self.counters.env_steps
                 returns.append(self.episode(env, budget)["return"])
                 bar.update(self.counters.env_steps - before)
-                online = self.counters.env_steps - self.offline["steps"]
-                if online >= self.next_eval or self.counters.env_steps >= budget:
-                    while self.next_eval <= online:
+                # evaluations are scheduled on the learner's own steps: the evaluation episodes
+                # count (towards the budget too) but do not bring the next evaluation closer, else
+                # on a 1000-step horizon every exploration episode would be followed by one
+                trained = self.counters.env_steps - self.offline["steps"] - self.eval_steps()
+                if trained >= self.next_eval or self.counters.env_steps >= budget:
+                    while self.next_eval <= trained:
                         self.next_eval += cfg.eval_every
                     row = self._evaluation_row(returns, seg_start)
                     bar.set_postfix(violations=self.counters.violations, ret=f"{row['eval_return']:.3g}")

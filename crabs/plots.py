@@ -84,10 +84,9 @@ def figure2(runs: Sequence[tuple[str, str | Path]] | Sequence[tuple[str, str, st
         groups.setdefault(task, {}).setdefault(label, []).append(run_curves(folder))
     n = len(groups)
     fig, axes = plt.subplots(2, n, figsize=(4.6 * n, 6.4), squeeze=False)
-    any_offline = False
     for col, (task, by_label) in enumerate(groups.items()):
         ax1, ax2 = axes[0, col], axes[1, col]
-        top = 1.0
+        top, any_offline = 1.0, False
         for i, (label, cs) in enumerate(by_label.items()):
             color = f"C{i % 10}"
             off_v = [c["offline_violations"] for c in cs if c["offline_steps"]]
@@ -114,13 +113,11 @@ def figure2(runs: Sequence[tuple[str, str | Path]] | Sequence[tuple[str, str, st
         else:
             ax2.set_ylim(-0.05 * top, 1.1 * top)
         ax1.set(ylabel="return (mean policy)", title=task)
-        ax2.set(ylabel="cumulative violations")
-    xlabel = "environment steps" + (" (online; offline violations at 0)" if any_offline else "")
+        ax2.set(ylabel="cumulative violations",
+                xlabel="environment steps" + (" (online; offline violations at 0)" if any_offline else ""))
+        ax2.legend(fontsize=7, loc="best")
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    for ax in axes[1]:
-        ax.set_xlabel(xlabel)
-        ax.legend(fontsize=7, loc="best")
     return _save(fig, out)
 
 

@@ -136,7 +136,7 @@ def cmd_compare(args) -> int:
         table.append(info)
     # the paper's Figure 2: one column per task, one curve per algorithm (mean and one standard
     # deviation over its seeds); --each draws every run on its own
-    out = figure2([(str(t.get("task")), label if args.each else str(t.get("algorithm")), d)
+    out = figure2([(str(t.get("task")), f"{label} ({d.name})" if args.each else str(t.get("algorithm")), d)
                    for (label, d), t in zip(runs, table)], args.out)
     print(f"{'run':24s} {'task':8s} {'env steps':>10s} {'violations':>10s} {'of them offline':>16s} "
           f"{'final return':>13s}")
@@ -149,13 +149,13 @@ def cmd_compare(args) -> int:
     for t in table:
         groups.setdefault((str(t.get("task")), str(t.get("algorithm"))), []).append(t)
     if groups:
-        print(f"\n{'task':8s} {'algorithm':12s} {'runs':>4s} {'violations (mean, max)':>23s} "
+        print(f"\n{'task':8s} {'algorithm':12s} {'runs':>4s} {'online violations (mean, max)':>30s} "
               f"{'final return (mean +- std)':>27s}")
         for (task, algo), g in groups.items():
-            v = [t.get("violations", 0) for t in g]
+            v = [t.get("violations", 0) - t.get("offline_violations", 0) for t in g]
             r = [t["final_eval_return"] for t in g if t.get("final_eval_return") is not None]
             ret = f"{np.mean(r):.4g} +- {np.std(r):.2g}" if r else "-"
-            print(f"{task:8s} {algo:12s} {len(g):>4d} {f'{np.mean(v):.1f}, {max(v)}':>23s} {ret:>27s}")
+            print(f"{task:8s} {algo:12s} {len(g):>4d} {f'{np.mean(v):.1f}, {max(v)}':>30s} {ret:>27s}")
     print(f"figure: {out}")
     return 0
 

@@ -561,7 +561,10 @@ class CRABS:
         self.epoch, self.certified = d["epoch"], d["certified"]
         self.dilation = float(d.get("dilation", self.cfg.barrier.dilation))
         # (checkpoints written before safe_policy_epoch existed: the last epoch, as they reported)
-        self.set_safe_policy(d["safe_policy"], d.get("safe_policy_epoch", d["epoch"]))
+        if "safe_policy_epoch" not in d:   # older checkpoints: the last epoch whose check passed
+            d["safe_policy_epoch"] = max([0] + [int(r["epoch"]) for r in d["log"]
+                                                if r.get("policy_certified") is True and "epoch" in r])
+        self.set_safe_policy(d["safe_policy"], d["safe_policy_epoch"])
         self.counters = MonitorCounters(**d["counters"])
         self.dyn.load_state_dict(d["model"])
         self.cert.load_state_dict(d["barrier"])
@@ -709,6 +712,7 @@ def train(system: str | System | None, config: Config | None = None, out: str | 
                         vol=f"{row['certified_volume']:.3f}", steps=crabs.counters.env_steps)
     crabs.save()
     last_return = next((r["eval_return"] for r in reversed(crabs.log.rows) if "eval_return" in r), None)
+    last_certified = crabs.certified  # before the best pair, if delivered, is loaded
     policy_epoch = crabs.adopt_final_policy()
     crabs.save_policy(policy_epoch)
     final = crabs.evaluate()
@@ -730,7 +734,7 @@ def train(system: str | System | None, config: Config | None = None, out: str | 
                # and whose real s' fell outside C_h: a broken link of the guarantee (model
                # calibration) even when no violation follows
                "model_failures": int(sum(r.get("model_failures", 0) for r in crabs.log.rows)),
-               "certified": crabs.certified,
+               "certified": last_certified,
                "wall_clock_s": round(time.time() - started + crabs.prior_wall_clock(), 1)}
     write_json(out / "summary.json", summary)
     crabs.make_plots()

@@ -56,18 +56,22 @@ def _held(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
 
 
 def _mean_std(curves: list[tuple[np.ndarray, np.ndarray]]):
-    """Mean and standard deviation of several runs' step functions on the union of their steps,
-    over the steps every run reached (the paper: mean of four runs, one standard deviation)."""
+    """Mean and standard deviation of several runs' step functions on the union of their steps
+    (the paper: mean of four runs, one standard deviation), at each step over the runs whose curve
+    covers it (a shorter or unfinished run leaves the mean to the others; the standard deviation is
+    NaN where fewer than two remain, so no band is drawn there)."""
     curves = [(x, y) for x, y in curves if len(x)]
     if not curves:
         return None
-    lo, hi = max(x[0] for x, _ in curves), min(x[-1] for x, _ in curves)
     grid = np.unique(np.concatenate([x for x, _ in curves]))
-    grid = grid[(grid >= lo) & (grid <= hi)]
-    if not len(grid):
-        return None
-    ys = np.stack([_held(x, y, grid) for x, y in curves])
-    return grid, ys.mean(0), ys.std(0)
+    ys = np.stack([np.where((grid >= x[0]) & (grid <= x[-1]), _held(x, y, grid), np.nan)
+                   for x, y in curves])
+    n = np.sum(~np.isnan(ys), axis=0)
+    mean = np.nansum(ys, axis=0) / np.maximum(n, 1)
+    dev = np.where(np.isnan(ys), 0.0, ys - mean) ** 2
+    std = np.where(n >= 2, np.sqrt(dev.sum(0) / np.maximum(n, 1)), np.nan)
+    keep = n > 0
+    return grid[keep], mean[keep], std[keep]
 
 
 def figure2(runs: Sequence[tuple[str, str | Path]] | Sequence[tuple[str, str, str | Path]],
@@ -84,26 +88,32 @@ def figure2(runs: Sequence[tuple[str, str | Path]] | Sequence[tuple[str, str, st
         groups.setdefault(task, {}).setdefault(label, []).append(run_curves(folder))
     n = len(groups)
     fig, axes = plt.subplots(2, n, figsize=(4.6 * n, 6.4), squeeze=False)
+    colors: dict[str, str] = {}   # one colour per label across the columns
+    for by_label in groups.values():
+        for label in by_label:
+            colors.setdefault(label, f"C{len(colors) % 10}")
     for col, (task, by_label) in enumerate(groups.items()):
         ax1, ax2 = axes[0, col], axes[1, col]
         top, any_offline = 1.0, False
-        for i, (label, cs) in enumerate(by_label.items()):
-            color = f"C{i % 10}"
-            off_v = [c["offline_violations"] for c in cs if c["offline_steps"]]
+        for label, cs in by_label.items():
+            color = colors[label]
+            off = [c for c in cs if c["offline_steps"]]
             name = label if len(cs) == 1 else f"{label} ({len(cs)} runs)"
-            if off_v:
+            if off:
                 any_offline = True
-                name += f" (+{np.mean(off_v):.0f} in {cs[0]['offline_steps']} offline steps)"
+                name += (f" (+{np.mean([c['offline_violations'] for c in off]):.0f} in "
+                         f"{off[0]['offline_steps']} offline steps)")
             for ax, key, step in ((ax1, "eval", False), (ax2, "viol", True)):
                 ms = _mean_std([(c[f"{key}_x"], c[f"{key}_y"]) for c in cs])
                 if ms is None:
                     continue
                 grid, mean, std = ms
+                marker = "o" if len(grid) == 1 else None   # a lone point would not show as a line
                 if step:
-                    ax.step(grid, mean, where="post", color=color, label=name)
-                    top = max(top, float(mean.max() + std.max()))
+                    ax.step(grid, mean, where="post", color=color, label=name, marker=marker)
+                    top = max(top, float(np.nanmax(mean + np.nan_to_num(std))))
                 else:
-                    ax.plot(grid, mean, color=color, label=name)
+                    ax.plot(grid, mean, color=color, label=name, marker=marker)
                 if len(cs) > 1:
                     ax.fill_between(grid, mean - std, mean + std, color=color, alpha=0.2,
                                     step="post" if step else None, linewidth=0)

@@ -55,7 +55,9 @@ def load_run(run_dir: str | Path, system: System | None = None, which: str = "de
         raise ValueError(f"{str(run)!r} holds a run of {cfg.task!r}, not {system.name!r}")
     crabs = CRABS(system, cfg, run, progress=False)
     crabs.load_state_dict(torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True))
-    crabs.pair_epoch = crabs.adopt_final_policy() if which == "delivered" else crabs.epoch
+    certified_at_end = crabs.certified  # the training state's, before a best pair is loaded
+    crabs.pair_epoch = crabs.adopt_final_policy() if which == "delivered" else crabs.acting_policy_epoch()
+    crabs.certified_at_end = certified_at_end
     if not crabs.certified:  # the last certified policy is the one that acts
         crabs.policy.load_state_dict(crabs.safe_policy_state)
     return crabs
@@ -123,7 +125,8 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
     inside = crabs.certified_samples(h, n)
     u = U_pi(h, model, policy, inside).detach() if len(inside) else torch.zeros(0)
     result = {
-        "run": str(run_dir), "task": sys.name, "which": which, "certified_at_end": bool(crabs.certified),
+        "run": str(run_dir), "task": sys.name, "which": which,
+        "certified_at_end": bool(crabs.certified_at_end),
         "epochs": crabs.epoch, "pair_epoch": crabs.pair_epoch,
         "R1_R2": {"box_samples": n, "certified": float(cert.float().mean()),
                   "certified_but_unsafe": int((cert & unsafe).sum())},

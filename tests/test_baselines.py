@@ -332,6 +332,7 @@ def test_cpo_runs_on_policy_steps_and_counts_everything(tmp_path):
     learner_steps = [int(r["env_steps"]) - sum(int(e["eval_length"]) for e in evals[: i + 1])
                      for i, r in enumerate(evals)]
     assert all(n >= 300 * (i + 1) for i, n in enumerate(learner_steps[:-1])), learner_steps
+    assert all(n % 300 < 200 for n in learner_steps[:-1])   # ... and within an episode of it
     assert len(evals) <= 2400 // 300 + 1
     assert int(last["cpo_updates"]) >= 2 and last["cpo_step"] in (
         "trpo", "constrained", "recovery", "trpo (rejected)", "constrained (rejected)", "recovery (rejected)")

@@ -39,7 +39,10 @@ def test_smoke_run_is_safe_and_complete(tiny_run):
         assert key in summary
     assert json.loads((out / "summary.json").read_text()) == summary
     with open(out / "metrics.csv") as fh:  # the summary's model failures are the epochs' total
-        assert summary["model_failures"] == sum(int(r["model_failures"] or 0) for r in csv.DictReader(fh))
+        rows = list(csv.DictReader(fh))
+    assert summary["model_failures"] == sum(int(r["model_failures"] or 0) for r in rows)
+    # "certified" is the last epoch's check, not the delivered best pair's (which is certified)
+    assert summary["certified"] == (rows[-1]["policy_certified"] == "True")
     for f in ("config.yaml", "metrics.csv", "ledger.jsonl", "figure2.png", "figure3.png",
               "checkpoints/last.pt", "checkpoints/policy.pt"):
         assert (out / f).exists(), f
@@ -193,10 +196,10 @@ def test_resume_of_a_finished_run_takes_no_real_step(tiny_run, capsys):
     assert "finished its 2 epochs: nothing to do" in capsys.readouterr().out
 
 
-def test_cli_refuses_options_a_resumed_run_would_ignore(tiny_run, capsys):
+def test_cli_refuses_options_a_resumed_run_would_ignore(tiny_run, capsys, monkeypatch):
     """A resumed run keeps its config.yaml: --seed, --config, --out (and a baseline's --steps) are
     refused with a one-line error, not silently dropped; make-initial takes its own options."""
-    from crabs.cli import build_parser, main
+    from crabs.cli import main
 
     out, _ = tiny_run
     before = (out / "ledger.jsonl").read_text()
@@ -205,8 +208,10 @@ def test_cli_refuses_options_a_resumed_run_would_ignore(tiny_run, capsys):
     assert main(["baseline", "sac", "--resume", str(out), "--steps", "10", "--out", "x"]) == 2
     assert "--out, --steps cannot be used with --resume" in capsys.readouterr().err
     assert (out / "ledger.jsonl").read_text() == before
-    args = build_parser().parse_args(["make-initial", "--task", "upright", "--task", "tilt", "--out", "d"])
-    assert (args.task, args.out) == (["upright", "tilt"], "d")
+    seen = []
+    monkeypatch.setattr("crabs.initial.main", lambda argv: seen.append(argv) or 0)
+    assert main(["make-initial", "--task", "upright", "--task", "tilt", "--out", "d"]) == 0
+    assert seen == [["--task", "upright", "--task", "tilt", "--out", "d"]]
 
 
 def test_resume_refuses_another_task(tiny_run):
@@ -255,6 +260,11 @@ def test_best_pair_is_kept_only_from_certified_evaluations_and_delivered(tmp_pat
     c2 = CRABS(builtin_system("upright"), Config.from_dict(TINY), tmp_path / "b", progress=False)
     c2.load_state_dict(blob)
     assert c2.best["epoch"] == 1
+    old = {k: v for k, v in blob.items() if k != "safe_policy_epoch"}   # an older checkpoint
+    old["log"] = [{"epoch": 1, "policy_certified": True}, {"epoch": 2, "policy_certified": False}]
+    c3 = CRABS(builtin_system("upright"), Config.from_dict(TINY), tmp_path / "e", progress=False)
+    c3.load_state_dict(old)
+    assert c3.safe_policy_epoch == 1
     last = CRABS(builtin_system("upright"), Config.from_dict({**TINY, "final_policy": "last"}),
                  tmp_path / "c", progress=False)
     last.load_state_dict(blob)

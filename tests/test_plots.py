@@ -29,9 +29,9 @@ def test_mean_and_std_of_step_functions_over_the_common_steps():
     a = (np.array([0.0, 10.0]), np.array([0.0, 2.0]))
     b = (np.array([0.0, 5.0, 10.0, 20.0]), np.array([0.0, 1.0, 1.0, 9.0]))
     grid, mean, std = plots._mean_std([a, b])
-    assert grid.tolist() == [0.0, 5.0, 10.0]          # only the steps both runs reached
-    assert mean.tolist() == [0.0, 0.5, 1.5]           # a holds 0 until its step 10
-    assert std.tolist() == pytest.approx([0.0, 0.5, 0.5])
+    assert grid.tolist() == [0.0, 5.0, 10.0, 20.0]
+    assert mean.tolist() == [0.0, 0.5, 1.5, 9.0]      # a holds 0 until its step 10; then b alone
+    assert std[:3].tolist() == pytest.approx([0.0, 0.5, 0.5]) and np.isnan(std[3])   # no band
     assert plots._mean_std([(np.array([]), np.array([]))]) is None
 
 
@@ -47,6 +47,7 @@ def test_figure2_one_column_per_task_one_curve_per_label(tmp_path, monkeypatch):
     runs = [("upright", "crabs", _run(tmp_path / "u0", [(100, -1.0), (200, -0.5)], [(100, 0), (200, 0)])),
             ("upright", "crabs", _run(tmp_path / "u1", [(100, -3.0), (200, -0.5)], [(100, 0), (200, 0)])),
             ("upright", "sac", _run(tmp_path / "u2", [(100, -9.0)], [(100, 3)])),
+            ("tilt", "sac", _run(tmp_path / "t1", [(100, -7.0)], [(100, 2)])),
             ("tilt", "crabs", _run(tmp_path / "t0", [(100, -4.0)], [(100, 0)]))]
     seen = {}
     monkeypatch.setattr(plots, "_save", lambda fig, out: seen.setdefault("fig", fig))
@@ -58,3 +59,6 @@ def test_figure2_one_column_per_task_one_curve_per_label(tmp_path, monkeypatch):
     crabs_line = axes[0, 0].get_lines()[0]
     assert crabs_line.get_ydata().tolist() == [-2.0, -0.5]      # the mean of the two seeds
     assert len(axes[0, 0].collections) == 1                     # one shaded band: crabs only
+    colour = {ln.get_label(): ln.get_color() for ax in axes[0] for ln in ax.get_lines()}
+    assert [ln.get_color() for ln in axes[0, 1].get_lines()] == [colour["sac"], colour["crabs (2 runs)"]]
+    assert axes[0, 1].get_lines()[0].get_marker() == "o"        # a one-evaluation curve still shows

@@ -304,8 +304,11 @@ class Learner:
         self.buffer.load_state_dict(d["buffer"])
         self.rows = list(d["rows"])
         self._rows_at_start = len(self.rows)
-        self.next_eval = int(d["next_eval"])
         self.offline = dict(d["offline"])
+        # the next evaluation on the learner's own steps (what the run loop keeps; checkpoints
+        # written before that schedule stored it on all steps)
+        trained = self.counters.env_steps - self.offline["steps"] - self.eval_steps()
+        self.next_eval = (max(trained, 0) // self.cfg.eval_every + 1) * self.cfg.eval_every
         self.load_extra_state(d["extra"])
         set_rng_state(self.rng, d["rng"])
         torch.set_rng_state(d["rng"]["torch"])

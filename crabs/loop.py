@@ -560,11 +560,12 @@ class CRABS:
             raise ValueError(f"checkpoint is from task {d['system']!r}, not {self.sys.name!r}")
         self.epoch, self.certified = d["epoch"], d["certified"]
         self.dilation = float(d.get("dilation", self.cfg.barrier.dilation))
-        # (checkpoints written before safe_policy_epoch existed: the last epoch, as they reported)
-        if "safe_policy_epoch" not in d:   # older checkpoints: the last epoch whose check passed
-            d["safe_policy_epoch"] = max([0] + [int(r["epoch"]) for r in d["log"]
-                                                if r.get("policy_certified") is True and "epoch" in r])
-        self.set_safe_policy(d["safe_policy"], d["safe_policy_epoch"])
+        # checkpoints written before safe_policy_epoch existed: the last epoch whose check passed
+        safe_epoch = d.get("safe_policy_epoch")
+        if safe_epoch is None:
+            safe_epoch = max([0] + [int(r["epoch"]) for r in d["log"]
+                                    if r.get("policy_certified") is True and "epoch" in r])
+        self.set_safe_policy(d["safe_policy"], safe_epoch)
         self.counters = MonitorCounters(**d["counters"])
         self.dyn.load_state_dict(d["model"])
         self.cert.load_state_dict(d["barrier"])

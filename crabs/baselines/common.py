@@ -287,7 +287,7 @@ class Learner:
                 "config": self.cfg.to_dict(), "counters": self.counters.to_dict(),
                 "sac": self.sac.state_dict() if self.sac else {"policy": self.policy.state_dict()},
                 "buffer": self.buffer.state_dict(), "rows": self.rows,
-                "next_eval": self.next_eval, "offline": self.offline, "extra": self.extra_state(),
+                "offline": self.offline, "extra": self.extra_state(),
                 "rng": {**rng_state(self.rng), "torch": torch.get_rng_state()}}
 
     def load_state_dict(self, d: dict) -> None:
@@ -305,10 +305,10 @@ class Learner:
         self.rows = list(d["rows"])
         self._rows_at_start = len(self.rows)
         self.offline = dict(d["offline"])
-        # the next evaluation on the learner's own steps (what the run loop keeps; checkpoints
-        # written before that schedule stored it on all steps)
-        trained = self.counters.env_steps - self.offline["steps"] - self.eval_steps()
-        self.next_eval = (max(trained, 0) // self.cfg.eval_every + 1) * self.cfg.eval_every
+        # checkpoints are written at an evaluation (or at the end of the offline phase), so the
+        # next one is the next multiple of eval_every of the learner's steps (older checkpoints
+        # also stored a next_eval counted on all steps: not used)
+        self.next_eval = (max(self.learner_steps(), 0) // self.cfg.eval_every + 1) * self.cfg.eval_every
         self.load_extra_state(d["extra"])
         set_rng_state(self.rng, d["rng"])
         torch.set_rng_state(d["rng"]["torch"])
@@ -331,9 +331,11 @@ class Learner:
         recount(self.counters, self.dir / "ledger.jsonl")
 
     # -- the run ------------------------------------------------------------------------------
-    def eval_steps(self) -> int:
-        """Real steps taken by the evaluations so far (counted, but not the learner's)."""
-        return int(sum(r["eval_length"] for r in self.rows))
+    def learner_steps(self) -> int:
+        """The online real steps the learner took itself: all but the offline phase's and the
+        evaluations' (those count too, but do not bring the next evaluation closer)."""
+        evaluated = sum(int(r["eval_length"]) for r in self.rows)
+        return self.counters.env_steps - self.offline["steps"] - evaluated
 
     def _evaluation_row(self, returns: list[float], seg_start: float) -> dict:
         """Evaluate the mean policy and log a metrics row (and checkpoint)."""
@@ -371,10 +373,9 @@ class Learner:
                 before = self.counters.env_steps
                 returns.append(self.episode(env, budget)["return"])
                 bar.update(self.counters.env_steps - before)
-                # evaluations are scheduled on the learner's own steps: the evaluation episodes
-                # count (towards the budget too) but do not bring the next evaluation closer, else
-                # on a 1000-step horizon every exploration episode would be followed by one
-                trained = self.counters.env_steps - self.offline["steps"] - self.eval_steps()
+                # evaluations are scheduled on the learner's own steps, else on a 1000-step
+                # horizon every exploration episode would be followed by one
+                trained = self.learner_steps()
                 if trained >= self.next_eval or self.counters.env_steps >= budget:
                     while self.next_eval <= trained:
                         self.next_eval += cfg.eval_every

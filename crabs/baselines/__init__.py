@@ -9,14 +9,8 @@ violations are counted the same way (every real step: evaluation and offline dat
   violations per trajectory, started from the safe initial policy.
 """
 
-from crabs.baselines.common import (
-           ALGORITHMS,
-           BaselineConfig,
-           Learner,
-           RiskConfig,
-           load_baseline_config,
-           train_baseline,
-)
+from crabs.baselines.common import Learner, train_baseline
+from crabs.baselines.config import ALGORITHMS, BaselineConfig, RiskConfig, load_baseline_config
 from crabs.baselines.cpo import CPO, train_cpo
 from crabs.baselines.recovery_rl import RecoveryRL, train_recovery_rl
 from crabs.baselines.sac_penalty import SACPenalty, train_sac_penalty

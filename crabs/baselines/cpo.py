@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from crabs.baselines.common import BaselineConfig, Learner, train_baseline
+from crabs.baselines.common import Learner, train_baseline
+from crabs.baselines.config import BaselineConfig
 from crabs.nets import mlp
 from crabs.system import System
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crabs.baselines.common import BaselineConfig, train_baseline
+from crabs.baselines.common import train_baseline
+from crabs.baselines.config import BaselineConfig
 from crabs.baselines.safety_critic import RiskLearner
 from crabs.nets import TanhGaussianPolicy
 from crabs.system import System

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crabs.baselines.common import BaselineConfig, Learner, train_baseline
+from crabs.baselines.common import Learner, train_baseline
+from crabs.baselines.config import BaselineConfig
 from crabs.system import System
 
 

@@ -68,17 +68,17 @@ def _resume_only(args, *ignored: str) -> None:
 
 
 def cmd_train(args) -> int:
-    from crabs.config import load_config
+    from crabs.config import load_config, parse_overrides
     from crabs.loop import train
 
     if args.resume:
-        _resume_only(args, "config", "seed", "out")
+        _resume_only(args, "config", "set", "seed", "out")
         result = train(args.task, None, args.resume, resume=True, progress=not args.quiet,
                        epochs=args.epochs)
     else:
         if args.task is None or args.out is None:
             raise ValueError("--task and --out are required (or --resume DIR)")
-        cfg = load_config(args.config, task=args.task)
+        cfg = load_config(args.config, task=args.task, overrides=parse_overrides(args.set or []))
         overrides = {}
         if args.seed is not None:
             overrides["seed"] = args.seed
@@ -93,16 +93,17 @@ def cmd_train(args) -> int:
 
 def cmd_baseline(args) -> int:
     from crabs.baselines import BASELINES, load_baseline_config
+    from crabs.config import parse_overrides
 
     train = BASELINES[args.algorithm]
     if args.resume:
-        _resume_only(args, "config", "seed", "out", "steps")
+        _resume_only(args, "config", "set", "seed", "out", "steps")
         result = train(args.task, None, args.resume, resume=True, progress=not args.quiet)
     else:
         if args.task is None or args.out is None:
             raise ValueError("--task and --out are required (or --resume DIR)")
-        cfg = load_baseline_config(args.algorithm, args.config, args.task, seed=args.seed,
-                                   total_steps=args.steps)
+        cfg = load_baseline_config(args.algorithm, args.config, args.task, parse_overrides(args.set or []),
+                                   seed=args.seed, total_steps=args.steps)
         result = train(args.task, cfg, args.out, progress=not args.quiet)
     print(json.dumps(result, indent=2))
     return 0
@@ -202,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train CRABS on a task (the main job)")
     s.add_argument("--task", type=_task)
     s.add_argument("--config", help="YAML file overriding the task's default config")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key after "
+                   "--config, value parsed as YAML (repeatable), e.g. --set sac.tau=0.01 --set epochs=12")
     s.add_argument("--seed", type=int)
     s.add_argument("--epochs", type=_positive_int, help="epochs in all (default: the config's)")
     s.add_argument("--out", help="run folder (must be new)")
@@ -219,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="YAML file of BaselineConfig keys (total_steps, penalty, eval_every, "
                    "warmup, updates_per_step, from_initial, sac: {...}, risk: {...}, cpo: {...}; "
                    "docs/config.md)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key after "
+                   "--config, value parsed as YAML (repeatable), e.g. --set sac.tau=0.01 "
+                   "--set total_steps=2000")
     s.add_argument("--seed", type=int)
     s.add_argument("--steps", type=_positive_int,
                    help="online real steps to take (default: the task's budget)")

@@ -2,14 +2,18 @@
 default wherever they differ (``PAPER`` below, and docs/config.md).
 
 Configs are data: ``Config.from_dict`` / ``load_config(path)`` reject unknown keys and values of the
-wrong type, so a typo never silently falls back to a default.
+wrong type, so a typo never silently falls back to a default. Each section checks its own fields'
+ranges in its ``validate``; ``--set key=value`` overrides (``parse_overrides``) go through the same path
+as a YAML file.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +35,6 @@ class DynamicsConfig:
     max_log_std: float = 0.5                   # release: initial soft upper bound on log std
     min_log_std: float = -10.0                 # release
     bound_coef: float = 0.001                  # release: loss += coef * (max_log_std - min_log_std)
-    holdout: float = 0.1                       # fraction of new data kept for the prediction error
     saturate_actions: bool = True              # the model sees clip(a, +-System.action_bound) where the
                                                # system declares a saturation; paper: the raw action
     refit_normalizers: bool = False            # re-centre the normalisation on the whole buffer every
@@ -42,6 +45,10 @@ class DynamicsConfig:
     support_radius: float = 0.0                # > 0: the model is trusted only within this distance of
                                                # its data (box half-widths, max norm); paper: no such
                                                # limit (0)
+
+    def validate(self, where: str) -> None:
+        if not self.region_std >= 0:
+            raise ValueError(f"{where}.region_std: must be >= 0, got {self.region_std}")
 
 
 @dataclass
@@ -106,6 +113,20 @@ class BarrierConfig:
     regrow_policy_steps: int = 300             # adversarial policy steps on the grown set before
                                                # Alg. 1 carves back what the policy cannot hold
 
+    def validate(self, where: str) -> None:
+        if self.on_stuck not in ("rollback", "carry"):
+            raise ValueError(f"{where}.on_stuck: must be 'rollback' or 'carry', got {self.on_stuck!r}")
+        if self.regrow_accept not in ("always", "if_larger"):
+            raise ValueError(f"{where}.regrow_accept: must be 'always' or 'if_larger', "
+                             f"got {self.regrow_accept!r}")
+        if self.regrow_mode not in ("rollouts", "dilate"):
+            raise ValueError(f"{where}.regrow_mode: must be 'rollouts' or 'dilate', got {self.regrow_mode!r}")
+        if not 0.0 < self.dilation < 1.0:
+            raise ValueError(f"{where}.dilation: must be in (0, 1), got {self.dilation}")
+        if self.reg_states not in ("candidates", "certified", "visited"):
+            raise ValueError(f"{where}.reg_states: must be 'candidates', 'certified' or 'visited', "
+                             f"got {self.reg_states!r}")
+
 
 @dataclass
 class MALAConfig:
@@ -123,6 +144,10 @@ class MALAConfig:
     refresh_frac: float = 0.0                  # fraction of the chains re-drawn uniformly from C_h
                                                # at every step, so a small pool keeps covering all of
                                                # C_h while h changes (paper: 0, with 10000 chains)
+
+    def validate(self, where: str) -> None:
+        if not 0.0 <= self.refresh_frac <= 1.0:
+            raise ValueError(f"{where}.refresh_frac: must be in [0, 1], got {self.refresh_frac}")
 
 
 @dataclass
@@ -157,6 +182,12 @@ class SACConfig:
     model_masked: bool = False                 # true: the rollout ends with -C - U at its first step
                                                # with U > 0, like Eq. (10)'s Q-hat
 
+    def validate(self, where: str) -> None:
+        if self.model_every < 1:
+            raise ValueError(f"{where}.model_every: must be >= 1, got {self.model_every}")
+        if not self.adv_anchor >= 0:
+            raise ValueError(f"{where}.adv_anchor: must be >= 0, got {self.adv_anchor}")
+
 
 @dataclass
 class ExploreConfig:
@@ -172,6 +203,13 @@ class ExploreConfig:
     min_std: float = 0.0                       # > 0: floor on pi_expl's pre-tanh noise scale in
                                                # Alg. 3's proposals; paper: none (0)
     min_std_from_epoch: int = 1                # the floor applies from this epoch on (1 = all)
+
+    def validate(self, where: str) -> None:
+        if self.min_std_from_epoch < 1:
+            raise ValueError(f"{where}.min_std_from_epoch: must be >= 1, got {self.min_std_from_epoch}")
+        for name in ("region_std", "min_std"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{where}.{name}: must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -198,6 +236,10 @@ class Config:
     @classmethod
     def from_dict(cls, data: dict) -> Config:
         return _build(cls, data, "config")
+
+    def validate(self, where: str) -> None:
+        if self.final_policy not in ("best", "last"):
+            raise ValueError(f"{where}.final_policy: must be 'best' or 'last', got {self.final_policy!r}")
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
@@ -270,6 +312,8 @@ def _coerce(tp, value, where: str):
 
 
 def _build(cls, data: dict, where: str):
+    """``cls`` from ``data``: unknown keys and wrong types refused, then the generic checks and the
+    section's own ``validate(where)``."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -279,38 +323,62 @@ def _build(cls, data: dict, where: str):
         raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}") for k, v in data.items()}
     obj = cls(**kwargs)
-    _validate(obj, where)
+    _check_generic(obj, where)
+    if hasattr(obj, "validate"):
+        obj.validate(where)
     return obj
 
 
-def _validate(obj, where: str) -> None:
+def _check_generic(obj, where: str) -> None:
+    """Checks every section shares: integers (but ``seed``) are counts, so >= 0; ``*hidden`` tuples
+    are layer sizes, so > 0."""
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
-        if isinstance(v, int) and not isinstance(v, bool) and f.name not in ("seed",) and v < 0:
+        if isinstance(v, int) and not isinstance(v, bool) and f.name != "seed" and v < 0:
             raise ValueError(f"{where}.{f.name}: must be >= 0, got {v}")
         if isinstance(v, tuple) and f.name.endswith("hidden") and any(h <= 0 for h in v):
             raise ValueError(f"{where}.{f.name}: layer sizes must be positive, got {list(v)}")
-    if getattr(obj, "on_stuck", "rollback") not in ("rollback", "carry"):
-        raise ValueError(f"{where}.on_stuck: must be 'rollback' or 'carry', got {obj.on_stuck!r}")
-    if getattr(obj, "regrow_accept", "always") not in ("always", "if_larger"):
-        raise ValueError(f"{where}.regrow_accept: must be 'always' or 'if_larger', got {obj.regrow_accept!r}")
-    if getattr(obj, "regrow_mode", "rollouts") not in ("rollouts", "dilate"):
-        raise ValueError(f"{where}.regrow_mode: must be 'rollouts' or 'dilate', got {obj.regrow_mode!r}")
-    if not 0.0 < getattr(obj, "dilation", 0.3) < 1.0:
-        raise ValueError(f"{where}.dilation: must be in (0, 1), got {obj.dilation}")
-    if not 0.0 <= getattr(obj, "refresh_frac", 0.0) <= 1.0:
-        raise ValueError(f"{where}.refresh_frac: must be in [0, 1], got {obj.refresh_frac}")
-    for name in ("min_std_from_epoch", "model_every"):
-        if getattr(obj, name, 1) < 1:
-            raise ValueError(f"{where}.{name}: must be >= 1, got {getattr(obj, name)}")
-    for name in ("region_std", "min_std", "adv_anchor"):
-        if not getattr(obj, name, 0.0) >= 0:
-            raise ValueError(f"{where}.{name}: must be >= 0, got {getattr(obj, name)}")
-    if getattr(obj, "final_policy", "best") not in ("best", "last"):
-        raise ValueError(f"{where}.final_policy: must be 'best' or 'last', got {obj.final_policy!r}")
-    if getattr(obj, "reg_states", "candidates") not in ("candidates", "certified", "visited"):
-        raise ValueError(f"{where}.reg_states: must be 'candidates', 'certified' or 'visited', "
-                         f"got {obj.reg_states!r}")
+
+
+RETIRED = frozenset({"dynamics.holdout"})
+"""Dotted keys crabs no longer has (``dynamics.holdout``: never read). Old run folders still hold
+them in their config.yaml; a user's own YAML file or ``--set`` naming one is refused like any
+unknown key."""
+
+
+def drop_retired(data: dict) -> dict:
+    """A copy of ``data`` (a run folder's saved config) without the ``RETIRED`` keys, so runs written
+    by an older crabs still resume and verify."""
+    data = copy.deepcopy(data)
+    for key in RETIRED:
+        *sections, name = key.split(".")
+        node = data
+        for sec in sections:
+            node = node.get(sec) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(name, None)
+    return data
+
+
+def parse_overrides(items: Sequence[str]) -> dict:
+    """``--set`` items (``KEY=VALUE``, dotted keys, e.g. ``sac.tau=0.01``) as a nested dict to overlay
+    on a config, each value parsed as YAML (0.01 a number, true a bool, [32, 32] a list, text a
+    string); later items win. Keys and types are not checked here: the overlay goes through
+    ``from_dict`` like a YAML file, so a bad key or value gets the same error there."""
+    out: dict = {}
+    for item in items:
+        key, eq, text = item.partition("=")
+        path = key.strip().split(".")
+        if not eq or not all(path):
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE (dotted keys, e.g. sac.tau=0.01)")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ValueError(f"--set {item!r}: the value is not valid YAML") from None
+        for name in reversed(path):
+            value = {name: value}
+        _deep_update(out, value)
+    return out
 
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -331,8 +399,11 @@ def read_yaml_mapping(path: str | Path) -> dict:
     return data
 
 
-def load_config(path: str | Path | None = None, task: str | None = None) -> Config:
-    """The task's default config (``crabs/configs/<task>.yaml``), overlaid with ``path`` if given."""
+def load_config(path: str | Path | None = None, task: str | None = None,
+                overrides: dict | None = None) -> Config:
+    """The task's default config (``crabs/configs/<task>.yaml``), overlaid with the YAML file ``path``
+    if given, then with ``overrides`` (nested, e.g. from ``parse_overrides``), which may not name the
+    task when ``task`` is given."""
     from crabs.envs import get_task
 
     data: dict = {}
@@ -347,6 +418,10 @@ def load_config(path: str | Path | None = None, task: str | None = None) -> Conf
         if task is not None and "task" in user and get_task(user["task"]).name != task:
             raise ValueError(f"config file is for task {user['task']!r}, not {task!r}")
         _deep_update(data, user)
+    if overrides:
+        if task is not None and "task" in overrides:
+            raise ValueError(f"--set task: the task is {task!r}, given by --task, not by --set")
+        _deep_update(data, overrides)
     cfg = Config.from_dict(data)
     get_task(cfg.task)
     return cfg

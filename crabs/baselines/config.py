@@ -41,6 +41,13 @@ class RiskConfig:
     nu: float = 30.0              # SQRL's Lagrange multiplier on Q_risk (paper: 30, from 3 ... 300)
     samples: int = 100            # SQRL: actions drawn from pi until one has Q_risk <= eps
 
+    def validate(self, where: str) -> None:
+        if not 0 < self.gamma < 1 or not 0 < self.eps < 1:
+            raise ValueError(f"{where}.gamma and {where}.eps must lie in (0, 1)")
+        for name in ("batch", "samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{where}.{name}: must be >= 1, got {getattr(self, name)}")
+
 
 @dataclass
 class CPOConfig:
@@ -58,6 +65,10 @@ class CPOConfig:
     vf_hidden: tuple[int, ...] = (64, 64)
     vf_lr: float = 1e-3
     vf_iters: int = 80
+
+    def validate(self, where: str) -> None:
+        if not self.step_size > 0 or not 0 < self.backtrack_ratio < 1 or self.cost_limit < 0:
+            raise ValueError(f"{where}: step_size must be > 0, backtrack_ratio in (0, 1), cost_limit >= 0")
 
 
 @dataclass
@@ -87,26 +98,19 @@ class BaselineConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> BaselineConfig:
-        cfg = _build(cls, data, "config")
-        if cfg.algorithm not in ALGORITHMS:
-            raise ValueError(f"config.algorithm: must be one of {', '.join(ALGORITHMS)}, "
-                             f"got {cfg.algorithm!r}")
-        if cfg.penalty is not None and cfg.penalty < 0:
-            raise ValueError(f"config.penalty: must be >= 0, got {cfg.penalty}")
+        return _build(cls, data, "config")
+
+    def validate(self, where: str) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"{where}.algorithm: must be one of {', '.join(ALGORITHMS)}, "
+                             f"got {self.algorithm!r}")
+        if self.penalty is not None and self.penalty < 0:
+            raise ValueError(f"{where}.penalty: must be >= 0, got {self.penalty}")
         for name in ("eval_every", "updates_per_step"):
-            if getattr(cfg, name) < 1:
-                raise ValueError(f"config.{name}: must be >= 1, got {getattr(cfg, name)}")
-        if cfg.sac.model_horizon:
-            raise ValueError("config.sac.model_horizon: the baselines have no dynamics model (use 0)")
-        if not 0 < cfg.risk.gamma < 1 or not 0 < cfg.risk.eps < 1:
-            raise ValueError("config.risk.gamma and config.risk.eps must lie in (0, 1)")
-        if not cfg.cpo.step_size > 0 or not 0 < cfg.cpo.backtrack_ratio < 1 or cfg.cpo.cost_limit < 0:
-            raise ValueError("config.cpo: step_size must be > 0, backtrack_ratio in (0, 1), cost_limit >= 0")
-        if cfg.risk.batch < 1:
-            raise ValueError(f"config.risk.batch: must be >= 1, got {cfg.risk.batch}")
-        if cfg.risk.samples < 1:
-            raise ValueError(f"config.risk.samples: must be >= 1, got {cfg.risk.samples}")
-        return cfg
+            if getattr(self, name) < 1:
+                raise ValueError(f"{where}.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.sac.model_horizon:  # SACConfig allows it; the baselines' use of SAC does not
+            raise ValueError(f"{where}.sac.model_horizon: the baselines have no dynamics model (use 0)")
 
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
@@ -140,9 +144,12 @@ class BaselineConfig:
         return FROM_INITIAL[self.algorithm] if self.from_initial is None else self.from_initial
 
 
-def load_baseline_config(algorithm: str, path: str | Path | None, task: str, **overrides) -> BaselineConfig:
+def load_baseline_config(algorithm: str, path: str | Path | None, task: str, overrides: dict | None = None,
+                         **kw) -> BaselineConfig:
     """``algorithm``'s defaults for built-in ``task``, overlaid with the YAML file ``path`` (if
-    given) and the ``overrides`` that are not None (e.g. seed, total_steps)."""
+    given), then with ``overrides`` (nested, e.g. from ``crabs.config.parse_overrides``; they may not
+    name the task or algorithm), then with the keywords ``kw`` that are not None (e.g. seed,
+    total_steps)."""
     data: dict = {}
     if path is not None:
         data = read_yaml_mapping(path)
@@ -151,6 +158,11 @@ def load_baseline_config(algorithm: str, path: str | Path | None, task: str, **o
     task = get_task(task).name
     if "task" in data and get_task(data["task"]).name != task:
         raise ValueError(f"config file is for task {data['task']!r}, not {task!r}")
+    if overrides:
+        for key, value, given in (("task", task, "--task"), ("algorithm", algorithm, "the command line")):
+            if key in overrides:
+                raise ValueError(f"--set {key}: the {key} is {value!r}, given by {given}, not by --set")
+        _deep_update(data, overrides)
     data.update({"task": task, "algorithm": algorithm})
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    data.update({k: v for k, v in kw.items() if v is not None})
     return BaselineConfig.from_dict(data)

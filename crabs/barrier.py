@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -53,6 +54,13 @@ class Barrier(nn.Module):
             high = torch.as_tensor(high, dtype=torch.float32)
             self.register_buffer("box_center", (high + low) / 2)
             self.register_buffer("box_radius", (high - low) / 2)
+
+    @classmethod
+    def for_box(cls, spec: SafetySpec, cfg: BarrierConfig, low, high) -> Barrier:
+        """The certificate of a system whose states live in the box [low, high] (f sees states in
+        units of its half-widths)."""
+        low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+        return cls(spec, cfg, torch.as_tensor((high - low) / 2, dtype=torch.float32), low, high)
 
     def B_box(self, s: torch.Tensor) -> torch.Tensor:
         z = ((s - self.box_center) / self.box_radius).abs()

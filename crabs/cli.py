@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from crabs.envs import TASKS, get_task, make_env
@@ -38,7 +39,8 @@ def cmd_tasks(args) -> int:
 
 def cmd_rollout(args) -> int:
     from crabs.initial import initial_policy, load_policy
-    from crabs.runs import LEDGER, SUMMARY, prepare_run_dir, rollout, summary, write_json
+    from crabs.rollout import rollout
+    from crabs.runs import LEDGER, SUMMARY, prepare_run_dir, write_json
 
     out = prepare_run_dir(args.out)
     torch.manual_seed(args.seed)
@@ -52,8 +54,11 @@ def cmd_rollout(args) -> int:
         eps = rollout(env, policy, args.episodes, seed=args.seed)
     finally:
         env.close()
-    result = summary(args.task, f"rollout:{args.policy}", args.seed, env,
-                     [e["return"] for e in eps], started)
+    c = env.counters
+    result = {"task": args.task, "algorithm": f"rollout:{args.policy}", "seed": args.seed,
+              "env_steps": c.env_steps, "episodes": c.episodes, "violations": c.violations,
+              "mean_return": float(np.mean([e.ret for e in eps])),
+              "wall_clock_s": round(time.time() - started, 3)}
     write_json(out / SUMMARY, result)
     print(json.dumps(result, indent=2))
     return 0 if result["violations"] == 0 else 1

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from crabs.barrier import U
+from crabs.rollout import Decision, mean_actor
 
 
 @dataclass
@@ -64,3 +65,55 @@ def safeguarded_action(s: np.ndarray, policy, h, model, n: int = 100, noise_deca
         return ExploreResult(props[i].double().numpy(), False, float(u[i]))
     a = torch.tanh(mu)
     return ExploreResult(a[0].double().numpy(), True, float(U(h, model, st, a)[0]))
+
+
+# -- the actors of CRABS's real episodes (crabs.rollout.run_episode) ----------------------------
+class SafeguardedActor:
+    """Alg. 3 at every step: the first proposal the model keeps in C_h, else the safeguard's
+    action. ``kind`` "uniform" draws the proposals uniformly (Swing's schedule), ``noise_scale``
+    widens pi_expl's noise, ``min_std`` floors it (``explore`` section of the config)."""
+
+    def __init__(self, policy, h, model, cfg, kind: str = "policy", noise_scale: float = 1.0,
+                 min_std: float = 0.0, gen: torch.Generator | None = None):
+        self.policy, self.h, self.model, self.cfg = policy, h, model, cfg
+        self.uniform, self.noise_scale, self.min_std, self.gen = kind == "uniform", noise_scale, min_std, gen
+
+    def __call__(self, s: np.ndarray):
+        c = self.cfg
+        res = safeguarded_action(s, self.policy, self.h, self.model, c.n, c.noise_decay, uniform=self.uniform,
+                                 noise_scale=self.noise_scale, gen=self.gen, region_std=c.region_std,
+                                 min_std=self.min_std)
+        return Decision(res.action, res.safeguard, res.U)
+
+
+class CheckedActor:
+    """The mean action of a policy that acts on its own (the last certified one, while the current
+    triple is not certified), with U(s, a, h) under the model for the model-failure check."""
+
+    def __init__(self, policy, h, model):
+        self.act, self.h, self.model = mean_actor(policy), h, model
+
+    @torch.no_grad()
+    def __call__(self, s: np.ndarray):
+        a = self.act(s)
+        u = float(U(self.h, self.model, torch.as_tensor(s, dtype=torch.float32)[None],
+                    torch.as_tensor(a, dtype=torch.float32)[None])[0])
+        return Decision(a, True, u)
+
+
+class StartupActor:
+    """Start-up data (before any model or certificate exists): the given safe policy's mean action,
+    with Gaussian noise ``noise`` added only while every coordinate is within ``region`` of the
+    state box's half-widths around its centre, from where that policy recovers (checked for the
+    shipped policies by the tests)."""
+
+    def __init__(self, policy, low: np.ndarray, high: np.ndarray, noise: float, region: float,
+                 rng: np.random.Generator):
+        self.act, self.noise, self.region, self.rng = mean_actor(policy), noise, region, rng
+        self.half, self.center = (high - low) / 2, (high + low) / 2
+
+    def __call__(self, s: np.ndarray) -> np.ndarray:
+        a = self.act(s)
+        if np.all(np.abs(s - self.center) <= self.region * self.half):
+            a = np.clip(a + self.noise * self.rng.standard_normal(a.shape), -1, 1)
+        return a

@@ -18,12 +18,14 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 
 from crabs.envs import get_task
 from crabs.envs import pendulum as pend
 from crabs.nets import TanhGaussianPolicy
+from crabs.rollout import mean_actor, run_episode
 
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_HIDDEN = (64, 64)
@@ -143,25 +145,40 @@ def initial_policy(task: str, hidden: Sequence[int] = DEFAULT_HIDDEN,
     return distill_task(task, hidden, act)
 
 
+class ModelEnv(gym.Env):
+    """A built-in task's *model* (the pendulum equations or a private MuJoCo state) as an episode:
+    reward r(s), and the episode ends when a state leaves the safe set. No real environment is
+    touched, so :func:`crabs.rollout.run_episode` may step it without a monitor (``is_model``)."""
+
+    is_model = True
+
+    def __init__(self, task: str, start=None):
+        self.task = get_task(task)
+        self.start = self.task.spec.s0_array() if start is None else np.asarray(start, dtype=np.float64)
+        if self.task.name in ("upright", "tilt"):
+            self.f = pend.pendulum_step
+        else:
+            f = _cartpole_model_step()
+            self.f = lambda s, a: f(s, float(np.clip(3 * a[0], -1, 1)))
+        self.s = self.start
+
+    def reset(self, *, seed=None, options=None):
+        self.s = self.start
+        return self.s, {}
+
+    def step(self, action):
+        r = float(self.task.reward(self.s))
+        self.s = self.f(self.s, action)
+        safe = bool(self.task.spec.is_safe(self.s))
+        return self.s, r, not safe, False, {"cost": float(not safe)}
+
+
 def rollout_model(task: str, policy: TanhGaussianPolicy, start=None) -> tuple[float, bool, np.ndarray]:
-    """Roll the mean policy out on the task's *model* (the pendulum equations or a private MuJoCo
-    state), not the environment: (return, stayed safe, states). Used to check a distillation."""
-    t = get_task(task)
-    s = t.spec.s0_array() if start is None else np.asarray(start, dtype=np.float64)
-    step = pend.pendulum_step if t.name in ("upright", "tilt") else None
-    if step is None:
-        f = _cartpole_model_step()
-        step = lambda s, a: f(s, float(np.clip(3 * a[0], -1, 1)))  # noqa: E731
-    states, ret = [s], 0.0
-    for _ in range(t.spec.horizon):
-        with torch.no_grad():
-            a = policy.mean_action(torch.as_tensor(s, dtype=torch.float32)).double().numpy()
-        ret += float(t.reward(s))
-        s = step(s, a)
-        states.append(s)
-        if not t.spec.is_safe(s):
-            return ret - 30.0, False, np.array(states)
-    return ret, True, np.array(states)
+    """Roll the mean policy out on the task's *model* (:class:`ModelEnv`), not the environment, for
+    the task's horizon: (return, stayed safe, states), the return -30 lower if it left the safe
+    set. Used to check a distillation."""
+    ep = run_episode(ModelEnv(task, start), mean_actor(policy), max_steps=get_task(task).spec.horizon)
+    return (ep.ret - 30.0 if ep.violated else ep.ret), not ep.violated, ep.states
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from crabs.barrier import Barrier
 from crabs.config import Config
 from crabs.envs import get_task
+from crabs.runs import RunDir
 
 
 def load_barrier(run_dir: str | Path, which: str = "last") -> tuple[Barrier | None, Config]:
@@ -30,9 +30,11 @@ def load_barrier(run_dir: str | Path, which: str = "last") -> tuple[Barrier | No
 
 def _load_checkpoint(run_dir: str | Path) -> tuple[dict, Config]:
     """A run folder's config and last checkpoint, checked to be of the same task."""
-    run = Path(run_dir)
-    cfg = Config.from_dict(yaml.safe_load((run / "config.yaml").read_text()))
-    blob = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    run = RunDir(run_dir)
+    cfg = Config.from_dict(run.read_config())
+    blob = run.load_checkpoint()
+    if blob is None:
+        raise FileNotFoundError(f"{str(run_dir)!r} holds no checkpoint (checkpoints/last.pt)")
     if blob.get("system") != cfg.task:
         raise ValueError(f"checkpoint is from task {blob.get('system')!r}, not {cfg.task!r}")
     return blob, cfg
@@ -43,8 +45,7 @@ def _barrier(cfg: Config, blob: dict, which: str) -> Barrier | None:
     if which == "best" and not blob.get("best"):
         return None
     t = get_task(cfg.task)
-    low, high = t.box()
-    h = Barrier(t.spec, cfg.barrier, torch.as_tensor((high - low) / 2), low, high)
+    h = Barrier.for_box(t.spec, cfg.barrier, *t.box())
     h.load_state_dict(blob["best"]["h"] if which == "best" else blob["barrier"]["h"])
     return h.eval()
 

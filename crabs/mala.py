@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from crabs.config import MALAConfig
+from crabs.states import certified_box, certified_samples
 
 LogProbFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 """x (m, d) -> (log p (m,), grad log p (m, d), inside domain (m,) bool), all detached."""
@@ -109,19 +110,10 @@ class Adversary:
         self.stale = True
 
     # -- the pool ------------------------------------------------------------------------
-    @torch.no_grad()
     def certified_box(self, h, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Bounding box of certified states among uniform samples of the safe box, scaled by
         ``box_scale`` about its centre (clipped to the safe box)."""
-        n = n or self.cfg.box_samples
-        s = self.low + (self.high - self.low) * torch.rand(n, len(self.low), generator=self.gen)
-        ins = s[h(s) >= 0]
-        if len(ins) == 0:
-            s0 = h.s0
-            return s0 - 0.05 * self.precond, s0 + 0.05 * self.precond
-        lo, hi = ins.min(0).values, ins.max(0).values
-        c, r = (lo + hi) / 2, (hi - lo) / 2 * self.cfg.box_scale
-        return torch.maximum(c - r, self.low), torch.minimum(c + r, self.high)
+        return certified_box(h, self.low, self.high, n or self.cfg.box_samples, self.cfg.box_scale, self.gen)
 
     @torch.no_grad()
     def _draw(self, h, m: int, tries: int = 50) -> torch.Tensor:
@@ -129,8 +121,7 @@ class Adversary:
         lo, hi = self.box
         pts, n = [], 0
         for _ in range(tries):
-            s = lo + (hi - lo) * torch.rand(4 * m, len(self.low), generator=self.gen)
-            pts.append(s[h(s) >= 0])
+            pts.append(certified_samples(h, (lo, hi), 4 * m, self.gen))
             n += len(pts[-1])
             if n >= m:
                 break

@@ -1,13 +1,20 @@
-"""Run folders: where a run's config, ledger, metrics, checkpoints, summary and plots live.
+"""The run harness every runner shares (CRABS, the baselines, ``crabs verify``, ``crabs rollout``).
 
 Layout of a run folder::
 
     DIR/config.yaml       the full configuration (every hyperparameter)
     DIR/ledger.jsonl      append-only safety ledger: every violation, every episode (monitor.py)
     DIR/metrics.csv       one row per epoch / evaluation
-    DIR/checkpoints/      weights only (torch.load(weights_only=True) loads them)
+    DIR/checkpoints/      last.pt (the whole training state) and policy.pt (the delivered policy);
+                          weights only: torch.load(weights_only=True) loads them, nothing is unpickled
     DIR/summary.json      the result
     DIR/*.png             plots
+
+:class:`RunDir` is the folder, :func:`open_run` resolves a new or resumed run's config (the same
+rules for every algorithm), and :class:`Runner` is what a runner inherits: the monitored
+environment, versioned atomic checkpoints with the random generators, resume with the counters
+recounted from the ledger, metrics, wall-clock over sessions, the progress bar and the summary.
+A runner adds its own state (``extra_state``), its delivered policy and its loop.
 """
 
 from __future__ import annotations
@@ -16,18 +23,22 @@ import csv
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
-from crabs.envs import MonitorCounters, SafetyMonitor, ledger_totals, read_ledger
+from crabs.envs import MonitorCounters, SafetyMonitor, get_task, ledger_totals, read_ledger
 
 LEDGER = "ledger.jsonl"
 SUMMARY = "summary.json"
+CONFIG = "config.yaml"
+METRICS = "metrics.csv"
 
 
+# -- files --------------------------------------------------------------------------------------
 def prepare_run_dir(out: str | os.PathLike) -> Path:
     """Create ``out`` (and parents) and check that it is writable; one-line error otherwise."""
     path = Path(out)
@@ -41,66 +52,12 @@ def prepare_run_dir(out: str | os.PathLike) -> Path:
     return path
 
 
-def claim_run_dir(out: str | os.PathLike, resume: bool) -> Path:
-    """The run folder ``out``, ready to write: to resume, it must hold a run (its config.yaml); for a
-    new run, it must not (no ledger, no checkpoints), so that no run is ever overwritten."""
-    if resume and not (Path(out) / "config.yaml").exists():
-        raise FileNotFoundError(f"{str(out)!r} holds no run to resume (no config.yaml)")
-    path = prepare_run_dir(out)
-    if not resume and ((path / "ledger.jsonl").exists() or (path / "checkpoints").exists()):
-        raise ValueError(f"{str(out)!r} already holds a run: pass resume or choose another folder")
-    return path
-
-
 def write_json(path: str | os.PathLike, data: dict) -> None:
     """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
-
-
-def run_episode(env: SafetyMonitor, act, seed: int | None = None, options=None) -> dict:
-    """One episode through the monitor with ``act(state) -> action``; returns its return, length,
-    whether it violated, and the visited states."""
-    if not isinstance(env, SafetyMonitor):
-        raise TypeError("real environments are only stepped through a SafetyMonitor")
-    s, _ = env.reset(seed=seed, options=options)
-    states, ret, violated = [s], 0.0, False
-    while True:
-        s, r, term, trunc, info = env.step(act(s))
-        ret += float(r)
-        states.append(s)
-        violated |= info["cost"] > 0
-        if term or trunc:
-            break
-    return {"return": ret, "length": len(states) - 1, "violated": violated,
-            "states": np.asarray(states)}
-
-
-def policy_actor(policy):
-    """The deterministic (mean) action of a TanhGaussianPolicy as a NumPy function."""
-
-    def act(s: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            a = policy.mean_action(torch.as_tensor(s, dtype=torch.float32))
-        return a.double().numpy()
-
-    return act
-
-
-def rollout(env: SafetyMonitor, policy, episodes: int, seed: int = 0) -> list[dict]:
-    act = policy_actor(policy)
-    return [run_episode(env, act, seed=seed + i) for i in range(episodes)]
-
-
-def summary(task: str, algorithm: str, seed: int, env: SafetyMonitor, returns: Sequence[float],
-            started: float, **extra) -> dict:
-    c = env.counters
-    return {"task": task, "algorithm": algorithm, "seed": seed, "env_steps": c.env_steps,
-            "episodes": c.episodes, "violations": c.violations,
-            "mean_return": float(np.mean(returns)) if len(returns) else float("nan"),
-            "wall_clock_s": round(time.time() - started, 3), **extra}
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[dict]) -> None:
@@ -140,3 +97,240 @@ def set_rng_state(rng: np.random.Generator, r: dict) -> None:
     rng.bit_generator.state = {"bit_generator": r["bitgen"], "state": {
         "state": int(r["state"]), "inc": int(r["inc"])}, "has_uint32": r["has_uint32"],
         "uinteger": r["uinteger"]}
+
+
+class RunDir:
+    """A run folder (see the module docstring)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.ledger = self.path / LEDGER
+        self.checkpoints = self.path / "checkpoints"
+
+    @classmethod
+    def claim(cls, out: str | os.PathLike, resume: bool) -> RunDir:
+        """The run folder ``out``, ready to write: to resume, it must hold a run (its config.yaml);
+        for a new run, it must not (no ledger, no checkpoints), so that no run is ever overwritten."""
+        if resume and not (Path(out) / CONFIG).exists():
+            raise FileNotFoundError(f"{str(out)!r} holds no run to resume (no config.yaml)")
+        path = prepare_run_dir(out)
+        if not resume and ((path / LEDGER).exists() or (path / "checkpoints").exists()):
+            raise ValueError(f"{str(out)!r} already holds a run: pass resume or choose another folder")
+        return cls(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def read_config(self) -> dict:
+        """The run's own config.yaml as a dict (keys retired since it was written dropped)."""
+        from crabs.config import drop_retired
+
+        data = yaml.safe_load((self.path / CONFIG).read_text())
+        return drop_retired(data) if isinstance(data, dict) else data
+
+    def write_config(self, cfg) -> None:
+        (self.path / CONFIG).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    def read_summary(self) -> dict | None:
+        p = self.path / SUMMARY
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def write_summary(self, summary: dict) -> None:
+        write_json(self.path / SUMMARY, summary)
+
+    def write_metrics(self, rows: Sequence[dict]) -> None:
+        write_csv(self.path / METRICS, rows)
+
+    def monitor(self, system, counters: MonitorCounters, tag: str) -> SafetyMonitor:
+        """The system's real environment behind the safety monitor, counting into ``counters`` and
+        writing this folder's ledger."""
+        return SafetyMonitor(system.make_env(), system.spec, ledger=self.ledger, counters=counters, tag=tag)
+
+    def save_checkpoint(self, blob: dict) -> Path:
+        """checkpoints/last.pt, atomically (temp file + rename)."""
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        path, tmp = self.checkpoints / "last.pt", self.checkpoints / "last.pt.tmp"
+        torch.save(blob, tmp)
+        tmp.replace(path)
+        return path
+
+    def load_checkpoint(self) -> dict | None:
+        """checkpoints/last.pt (weights only), or None if the run has none yet."""
+        path = self.checkpoints / "last.pt"
+        return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+
+    def save_policy(self, policy, state: dict, meta: dict) -> None:
+        """checkpoints/policy.pt: a policy network's shape, weights and what it is."""
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        torch.save({"spec": policy.spec(), "state_dict": state, "meta": meta}, self.checkpoints / "policy.pt")
+
+
+def _system_name(system) -> str:
+    return get_task(system).name if isinstance(system, str) else system.name
+
+
+def open_run(out: str | os.PathLike, resume: bool, system, config, *, algorithm: str, config_cls,
+             default: Callable, changes: dict | None = None,
+             finished: Callable[[dict, object], str | None] = lambda done, cfg: "finished: nothing to do",
+             progress: bool = True):
+    """Resolve a run's folder, config and system, the same way for every algorithm.
+
+    A new run (``resume=False``) needs ``system`` (a built-in task name or a System) and takes
+    ``config`` or ``default(system)``; the config names the system's task and is written to the
+    folder. A resumed run reads the folder's own config (it must be of ``algorithm`` and the same
+    task), applies ``changes`` (e.g. more epochs, written back); if the run has a summary and
+    ``finished(summary, cfg)`` returns a message, it is done: that message is shown and nothing
+    more happens. Returns (RunDir, config, System or None when done, the finished summary or None)."""
+    from crabs.system import builtin_system
+
+    run = RunDir.claim(out, resume)
+    if resume:
+        data = run.read_config()
+        found = data.get("algorithm", "crabs") if isinstance(data, dict) else "?"
+        if found != algorithm:
+            raise ValueError(f"{str(out)!r} holds a {found} run, not {algorithm}")
+        cfg = config_cls.from_dict(data)
+        system = cfg.task if system is None else system
+        name = _system_name(system)
+        if name != cfg.task:
+            raise ValueError(f"{str(out)!r} holds a run of task {cfg.task!r}, not {name!r}")
+        if changes:
+            cfg = cfg.replace(**changes)
+            run.write_config(cfg)
+        done = run.read_summary()
+        message = finished(done, cfg) if done is not None else None
+        if message is not None:
+            if progress:
+                from tqdm.auto import tqdm
+
+                tqdm.write(f"{str(out)!r} {message}")
+            return run, cfg, None, done
+    else:
+        if system is None:
+            raise ValueError("a task or System is required for a new run")
+        name = _system_name(system)
+        cfg = config if config is not None else default(system)
+        if getattr(cfg, "algorithm", "crabs") != algorithm:
+            raise ValueError(f"config.algorithm is {cfg.algorithm!r}, not {algorithm!r}")
+        if cfg.task != name:
+            cfg = cfg.replace(task=name)
+        run.write_config(cfg)
+    if isinstance(system, str):
+        system = builtin_system(system, cfg.sac.hidden, cfg.sac.act)
+    return run, cfg, system, None
+
+
+class Runner:
+    """What every algorithm's run inherits (Stable-Baselines3's split: the algorithm's maths lives in
+    its own modules, the run loop in the subclass, persistence here).
+
+    Subclasses set ``algorithm``, ``label`` and ``version`` (of their checkpoint format; ``accepts``
+    lists the older versions they still read) and provide ``extra_state`` / ``load_extra_state``
+    (their networks and state), ``delivered_policy`` (what policy.pt holds) and ``generators``
+    (their torch generators, checkpointed with NumPy's and torch's global one)."""
+
+    algorithm = ""
+    label = ""
+    version = 1
+    accepts: tuple[int, ...] = ()
+
+    def __init__(self, system, cfg, run_dir: str | os.PathLike | RunDir, progress: bool = True):
+        self.sys, self.cfg, self.progress = system, cfg, progress
+        self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        self.dir = self.run.path
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.counters = MonitorCounters()
+        self.rows: list[dict] = []          # metrics.csv, one per epoch / evaluation
+        self._rows_at_start = 0             # rows written by earlier sessions (resume)
+
+    # -- the subclass's part ----------------------------------------------------------------------
+    def generators(self) -> dict[str, torch.Generator]:
+        return {}
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, d: dict) -> None:
+        pass
+
+    def delivered_policy(self) -> tuple:
+        """(policy network, its weights, meta) for checkpoints/policy.pt."""
+        raise NotImplementedError
+
+    # -- real steps -------------------------------------------------------------------------------
+    def env(self, tag: str) -> SafetyMonitor:
+        return self.run.monitor(self.sys, self.counters, tag)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        rng = {**rng_state(self.rng), "torch": torch.get_rng_state(),
+               **{k: g.get_state() for k, g in self.generators().items()}}
+        return {"version": self.version, "algorithm": self.algorithm, "system": self.sys.name,
+                "config": self.cfg.to_dict(), "counters": self.counters.to_dict(), "rows": self.rows,
+                "rng": rng, **self.extra_state()}
+
+    def load_state_dict(self, d: dict) -> None:
+        version, algorithm = d.get("version"), d.get("algorithm", "crabs")
+        if algorithm != self.algorithm or (version != self.version and version not in self.accepts):
+            raise ValueError(f"checkpoint is not from a {self.algorithm} run of a version this release "
+                             f"reads (algorithm {algorithm!r}, version {version})")
+        if d["system"] != self.sys.name:
+            raise ValueError(f"checkpoint is from task {d['system']!r}, not {self.sys.name!r}")
+        self.counters = MonitorCounters(**d["counters"])
+        self.rows = list(d["rows"] if "rows" in d else d["log"])   # "log": CRABS checkpoints of version 2
+        self._rows_at_start = len(self.rows)
+        self.load_extra_state(d)
+        r = d["rng"]   # last: loading the state may draw from the generators
+        set_rng_state(self.rng, r)
+        torch.set_rng_state(r["torch"])
+        for k, g in self.generators().items():
+            g.set_state(r[k])
+
+    def save(self) -> Path:
+        """checkpoints/last.pt (atomically) and policy.pt."""
+        path = self.run.save_checkpoint(self.state_dict())
+        self.save_policy()
+        return path
+
+    def save_policy(self) -> None:
+        self.run.save_policy(*self.delivered_policy())
+
+    def resume(self) -> bool:
+        """Continue from checkpoints/last.pt if there is one (returns whether there was); either way
+        the counters continue from the ledger, so real steps taken after the checkpoint (or before
+        the first one) still count."""
+        blob = self.run.load_checkpoint()
+        if blob is not None:
+            self.load_state_dict(blob)
+        recount(self.counters, self.run.ledger)
+        return blob is not None
+
+    # -- the run ----------------------------------------------------------------------------------
+    def write_metrics(self) -> None:
+        self.run.write_metrics(self.rows)
+
+    def prior_wall_clock(self) -> float:
+        """Wall-clock of the run's earlier sessions (before a resume), from the metrics rows."""
+        return float(sum(r.get("epoch_s", 0.0) for r in self.rows[: self._rows_at_start]))
+
+    def progress_bar(self, total: int, initial: int, unit: str):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=initial, desc=f"{self.algorithm} {self.sys.name}", unit=unit,
+                    disable=not self.progress)
+
+    def summary(self, started: float, **fields) -> dict:
+        """The run's result: who ran where, the monitor's counts, ``fields``, and the wall-clock of
+        every session."""
+        c = self.counters
+        return {"task": self.sys.name, "algorithm": self.algorithm, "seed": self.cfg.seed,
+                "env_steps": c.env_steps, "episodes": c.episodes, "violations": c.violations, **fields,
+                "wall_clock_s": round(time.time() - started + self.prior_wall_clock(), 1)}
+
+    def plot_progress(self, title: str | None = None) -> None:
+        """figure2.png: return and cumulative violations against real steps (the paper's Figure 2)."""
+        from crabs.plots import figure2
+
+        figure2([(self.label, self.dir)], self.dir / "figure2.png",
+                title=title or f"{self.sys.name}: {self.label}")

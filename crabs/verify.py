@@ -19,115 +19,157 @@ or the training state's (``"last"``); U is always under the run's last model, th
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from crabs.barrier import U_pi
+from crabs.barrier import Barrier, U_pi
 from crabs.config import Config
-from crabs.envs import SafetyMonitor, ledger_totals, read_ledger
+from crabs.envs import ledger_totals, read_ledger
 from crabs.mala import Adversary
+from crabs.rollout import Step, mean_actor, run_episode
+from crabs.runs import RunDir, write_json
+from crabs.safety import SafetyState
+from crabs.states import certified_box, certified_samples, uniform
 from crabs.system import System
 
 
-def load_run(run_dir: str | Path, system: System | None = None, which: str = "delivered"):
-    """The run's CRABS state from its last checkpoint, with the (policy, h) pair ``which`` loaded
-    (``"delivered"``: what the run hands over; ``"last"``: the training state's pair, the last
-    certified policy acting if the final triple was not certified)."""
-    from crabs.loop import CRABS
+@dataclass
+class RunPair:
+    """A CRABS run's (policy, h) pair and its last model, read from the run folder."""
+
+    system: System
+    cfg: Config
+    policy: torch.nn.Module
+    h: Barrier
+    model: torch.nn.Module
+    epochs: int              # epochs the run trained
+    pair_epoch: int          # the epoch the pair's policy is from
+    certified_at_end: bool   # the training state's last check
+
+
+def load_run(run_dir: str | Path, system: System | None = None, which: str = "delivered") -> RunPair:
+    """The run's (policy, h) pair ``which`` (``"delivered"``: what the run hands over; ``"last"``:
+    the training state's pair, the last certified policy acting if the final triple was not
+    certified) and its last model, from config.yaml and checkpoints/last.pt (weights only): no
+    trainer is built."""
+    from crabs.loop import build_barrier, build_model
     from crabs.system import builtin_system
 
     if which not in ("delivered", "last"):
         raise ValueError(f"which must be 'delivered' or 'last', got {which!r}")
-    run = Path(run_dir)
-    if not (run / "config.yaml").exists() or not (run / "checkpoints" / "last.pt").exists():
-        raise FileNotFoundError(f"{str(run)!r} holds no CRABS checkpoint (config.yaml, checkpoints/last.pt)")
-    data = yaml.safe_load((run / "config.yaml").read_text())
+    run = RunDir(run_dir)
+    if not (run.path / "config.yaml").exists() or not (run.checkpoints / "last.pt").exists():
+        raise FileNotFoundError(f"{str(run_dir)!r} holds no CRABS checkpoint (config.yaml, "
+                                "checkpoints/last.pt)")
+    data = run.read_config()
     if isinstance(data, dict) and data.get("algorithm"):
-        raise ValueError(f"{str(run)!r} holds a {data['algorithm']} run: only CRABS runs have a certificate")
+        raise ValueError(f"{str(run_dir)!r} holds a {data['algorithm']} run: only CRABS runs have a "
+                         "certificate")
     cfg = Config.from_dict(data)
     if system is None:
         system = builtin_system(cfg.task, cfg.sac.hidden, cfg.sac.act)
     elif system.name != cfg.task:
-        raise ValueError(f"{str(run)!r} holds a run of {cfg.task!r}, not {system.name!r}")
-    crabs = CRABS(system, cfg, run, progress=False)
-    crabs.load_state_dict(torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=True))
-    certified_at_end = crabs.certified  # the training state's, before a best pair is loaded
-    crabs.pair_epoch = crabs.adopt_final_policy() if which == "delivered" else crabs.acting_policy_epoch()
-    crabs.certified_at_end = certified_at_end
-    if not crabs.certified:  # the last certified policy is the one that acts
-        crabs.policy.load_state_dict(crabs.safe_policy_state)
-    return crabs
+        raise ValueError(f"{str(run_dir)!r} holds a run of {cfg.task!r}, not {system.name!r}")
+    blob = run.load_checkpoint()
+    if blob["system"] != system.name:
+        raise ValueError(f"checkpoint is from task {blob['system']!r}, not {system.name!r}")
+    safety = SafetyState.from_checkpoint(blob, cfg.barrier.dilation)
+    model = build_model(system, cfg)
+    model.load_state_dict(blob["model"]["model"])
+    if cfg.dynamics.support_radius > 0:   # the states the model was trained on, as in training
+        buf = blob["buffer"]["s"]
+        if len(buf):
+            half = torch.as_tensor((system.state_high - system.state_low) / 2, dtype=torch.float32)
+            model.set_support(buf, half, gen=torch.Generator().manual_seed(cfg.seed + 1))
+    h = build_barrier(system, cfg)
+    h.load_state_dict(blob["barrier"]["h"])
+    policy = copy.deepcopy(system.initial_policy)
+    policy.load_state_dict(blob["sac"]["policy"])
+    epochs = int(blob["epoch"])
+    pair_epoch, best = safety.delivered(cfg.final_policy, epochs) if which == "delivered" else \
+        (safety.acting_epoch(epochs), None)
+    if best is not None:
+        policy.load_state_dict(best["policy"])
+        h.load_state_dict(best["h"])
+    elif not safety.certified:   # the last certified policy is the one that acts
+        policy.load_state_dict(safety.safe_policy)
+    return RunPair(system, cfg, policy.eval(), h.eval(), model.eval(), epochs, pair_epoch, safety.certified)
 
 
 @torch.no_grad()
-def _rollouts(crabs, starts: torch.Tensor, horizon: int, ledger: Path) -> dict:
-    """True-dynamics rollouts of the mean policy from each start state (through a monitor)."""
-    h, policy, sys = crabs.h, crabs.policy, crabs.sys
+def _rollouts(pair: RunPair, starts: torch.Tensor, horizon: int, audit: RunDir) -> dict:
+    """True-dynamics rollouts of the mean policy from each start state, through a monitor writing
+    the ledger of the audit folder ``audit``."""
+    h, sys = pair.h, pair.system
     # the audit ledger's counts continue across audits, as a run's do across resumes
-    env = SafetyMonitor(sys.make_env(), sys.spec, ledger=ledger, tag="verify",
-                        counters=ledger_totals(read_ledger(ledger)))
-    one_step_exits, left_C_h, violations = 0, 0, 0
+    env = audit.monitor(sys, ledger_totals(read_ledger(audit.ledger)), "verify")
+    act = mean_actor(pair.policy)
+    tally = {"one_step_exits": 0, "left": 0, "violations": 0}
     worst = None
     try:
         for s0 in starts.double().numpy():
-            s, _ = env.reset(options={"state": s0})
-            if not np.allclose(s, s0, atol=1e-6):
-                raise ValueError("the environment's reset ignored options={'state': s} (it returned "
-                                 f"{np.round(s, 4).tolist()} for {np.round(s0, 4).tolist()}): true-dynamics "
-                                 "rollouts need it; pass states=0 to skip them")
             exited = False
-            for t in range(horizon):
-                a = policy.mean_action(torch.as_tensor(s, dtype=torch.float32)).double().numpy()
-                s, _, term, trunc, info = env.step(a)
-                inside = float(h(torch.as_tensor(s, dtype=torch.float32))) >= 0
-                if t == 0 and not inside:
-                    one_step_exits += 1
+
+            def check_reset(s, s0=s0):
+                if not np.allclose(s, s0, atol=1e-6):
+                    raise ValueError("the environment's reset ignored options={'state': s} (it returned "
+                                     f"{np.round(s, 4).tolist()} for {np.round(s0, 4).tolist()}): "
+                                     "true-dynamics rollouts need it; pass states=0 to skip them")
+
+            def on_step(st: Step, s0=s0) -> None:
+                nonlocal exited, worst
+                inside = float(h(torch.as_tensor(st.s2, dtype=torch.float32))) >= 0
+                if st.t == 0 and not inside:
+                    tally["one_step_exits"] += 1
                 exited |= not inside
-                if info["cost"] > 0:
-                    violations += 1
-                    worst = worst or {"start": s0.tolist(), "step": t + 1}
-                if term or trunc:
-                    break
-            left_C_h += int(exited)
+                if st.cost > 0:
+                    tally["violations"] += 1
+                    worst = worst or {"start": s0.tolist(), "step": st.t + 1}
+
+            run_episode(env, act, on_step, options={"state": s0}, max_steps=horizon, on_reset=check_reset)
+            tally["left"] += int(exited)
     finally:
         env.close()
-    return {"starts": len(starts), "one_step_exits_C_h": one_step_exits, "rollouts_leaving_C_h": left_C_h,
-            "rollouts_violating": violations, "first_violating_start": worst}
+    return {"starts": len(starts), "one_step_exits_C_h": tally["one_step_exits"],
+            "rollouts_leaving_C_h": tally["left"], "rollouts_violating": tally["violations"],
+            "first_violating_start": worst}
 
 
 def verify_run(run_dir: str | Path, system: System | None = None, which: str = "delivered",
                n: int = 20000, states: int = 200, horizon: int | None = None, chains_mult: int = 4,
                steps: int = 200, seed: int = 0) -> dict:
     """The audit described in the module docstring; also written to ``RUN/verify/verify.json``."""
-    from crabs.runs import write_json
-
-    crabs = load_run(run_dir, system, which)
-    torch.manual_seed(seed)       # (loading restored the run's generators: the audit draws its own)
-    crabs.tgen.manual_seed(seed + 1)
-    crabs.adv.gen.manual_seed(seed + 2)
-    h, model, policy, sys = crabs.h, crabs.model, crabs.policy, crabs.sys
+    pair = load_run(run_dir, system, which)
+    h, model, policy, sys, cfg = pair.h, pair.model, pair.policy, pair.system, pair.cfg
+    torch.manual_seed(seed)       # the audit draws from its own generators
+    gen = torch.Generator().manual_seed(seed + 1)
+    box_gen = torch.Generator().manual_seed(seed + 2)
+    low = torch.as_tensor(sys.state_low, dtype=torch.float32)
+    high = torch.as_tensor(sys.state_high, dtype=torch.float32)
     out = Path(run_dir) / "verify"
     out.mkdir(exist_ok=True)
     # R.1 / R.2
-    box = crabs.box_samples(n)
+    box = uniform(low, high, n, gen)
     with torch.no_grad():
         cert = h(box) >= 0
     unsafe = ~sys.spec.is_safe_torch(box)
     # R.3 under the model: a fresh adversary, and uniform certified states
-    mcfg = dataclasses.replace(crabs.cfg.mala, chains=chains_mult * crabs.cfg.mala.chains)
+    mcfg = dataclasses.replace(cfg.mala, chains=chains_mult * cfg.mala.chains)
     adv = Adversary(sys.state_low, sys.state_high, mcfg, seed=seed + 7919)
     for _ in range(steps):
         adv.step(h, model, policy)
-    inside = crabs.certified_samples(h, n)
+    c_box = certified_box(h, low, high, cfg.mala.box_samples, cfg.mala.box_scale, box_gen)
+    inside = certified_samples(h, c_box, n, gen)
     u = U_pi(h, model, policy, inside).detach() if len(inside) else torch.zeros(0)
     result = {
         "run": str(run_dir), "task": sys.name, "which": which,
-        "certified_at_end": bool(crabs.certified_at_end),
-        "epochs": crabs.epoch, "pair_epoch": crabs.pair_epoch,
+        "certified_at_end": bool(pair.certified_at_end),
+        "epochs": pair.epochs, "pair_epoch": pair.pair_epoch,
         "R1_R2": {"box_samples": n, "certified": float(cert.float().mean()),
                   "certified_but_unsafe": int((cert & unsafe).sum())},
         "R3_model": {"adversary_chains": mcfg.chains, "adversary_steps": steps,
@@ -140,7 +182,7 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
         # a certified state outside the safe set is already an R.1 failure; it cannot start a rollout
         starts = inside[sys.spec.is_safe_torch(inside)]
         starts = starts[torch.randperm(len(starts))[:states]]
-        audit = _rollouts(crabs, starts, horizon, out / "ledger.jsonl")
+        audit = _rollouts(pair, starts, horizon, RunDir(out))
         result["R3_true_dynamics"] = {"horizon": horizon, **audit}
     if sys.name in ("upright", "tilt"):
         from crabs.judge import judge_certificate
@@ -159,4 +201,4 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
     return result
 
 
-__all__ = ["load_run", "verify_run"]
+__all__ = ["RunPair", "load_run", "verify_run"]

@@ -56,7 +56,7 @@ def test_violation_is_penalised_terminal_and_counted(tmp_path):
         last = learner.policy.net[-1]
         last.weight.zero_()
         last.bias.copy_(torch.tensor([5.0, -10.0]))
-    env = learner._env("explore")
+    env = learner.env("explore")
     try:
         ep = learner.episode(env, budget=300)
     finally:
@@ -223,7 +223,7 @@ def test_recovery_rl_shields_risky_task_actions(tmp_path):
     m = _mean(rl)
     rl.critic = _SignCritic(m)
     torch.manual_seed(0)
-    pairs = [rl.act(S) for _ in range(200)]
+    pairs = [(d.action, d.proposed) for d in (rl.act(S) for _ in range(200))]
     with torch.no_grad():
         rec = rl.recovery.mean_action(torch.as_tensor(S, dtype=torch.float32)).double().numpy()
     risky = [p for p in pairs if p[1][0] > m]
@@ -240,7 +240,7 @@ def test_sqrl_takes_the_first_action_the_critic_accepts(tmp_path):
     m = _mean(q)
     q.critic = _SignCritic(m)
     torch.manual_seed(0)
-    acts = [q.act(S)[0] for _ in range(100)]
+    acts = [q.act(S) for _ in range(100)]
     assert all(a[0] <= m for a in acts)   # of 100 samples one is always accepted
     assert 20 < q.shielded < 80           # the first sample was refused about half the time
     q.critic = _SignCritic(m + 0.01)      # evaluation: the mean action itself, when accepted ...

@@ -5,6 +5,7 @@ import copy
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -221,20 +222,20 @@ def test_resume_refuses_another_task(tiny_run):
 
 
 def test_fallback_policy_follows_the_last_certified_policy(tmp_path):
+    from crabs.rollout import mean_actor
     from crabs.system import builtin_system
 
     c = CRABS(builtin_system("upright"), Config.from_dict(TINY), tmp_path, progress=False)
-    s = [0.3, -0.9]
-    a0 = c._safe_act(s)
+    s = np.array([0.3, -0.9])
+    a0 = c.safe_actor()(s).action
     new = {k: v + 0.5 for k, v in c.policy.state_dict().items()}
-    c.set_safe_policy(new, 2)
-    a1 = c._safe_act(s)
-    assert c.safe_policy_epoch == 2 and c.acting_policy_epoch() == 2   # c.certified is False
-    assert not torch.allclose(torch.as_tensor(a0), torch.as_tensor(a1))
-    ref = c._safe_policy.mean_action(torch.tensor(s)).detach().double().numpy()
+    c.safety.set_safe_policy(new, 2)
+    d1 = c.safe_actor()(s)
+    assert c.safety.safe_policy_epoch == 2 and c.safety.acting_epoch(c.epoch) == 2   # not certified
+    assert d1.safeguard and d1.U is not None      # the fallback's actions are checked against h
+    assert not torch.allclose(torch.as_tensor(a0), torch.as_tensor(d1.action))
     c.policy.load_state_dict(new)
-    torch.testing.assert_close(torch.as_tensor(a1), torch.as_tensor(c._mean_act(s)))
-    torch.testing.assert_close(torch.as_tensor(a1), torch.as_tensor(ref))
+    torch.testing.assert_close(torch.as_tensor(d1.action), torch.as_tensor(mean_actor(c.policy)(s)))
 
 
 def test_best_pair_is_kept_only_from_certified_evaluations_and_delivered(tmp_path):
@@ -243,7 +244,7 @@ def test_best_pair_is_kept_only_from_certified_evaluations_and_delivered(tmp_pat
     from crabs.system import builtin_system
 
     c = CRABS(builtin_system("upright"), Config.from_dict(TINY), tmp_path, progress=False)
-    c.certified = True
+    c.safety.certified = True
     c.keep_if_best(1, -5.0)
     pi1 = copy.deepcopy(c.policy.state_dict())
     h1 = copy.deepcopy(c.h.state_dict())
@@ -251,20 +252,22 @@ def test_best_pair_is_kept_only_from_certified_evaluations_and_delivered(tmp_pat
         for p in list(c.policy.parameters()) + list(c.h.parameters()):
             p.add_(0.1)
     c.keep_if_best(2, -6.0)           # lower return: not kept
-    c.certified = False
+    c.safety.certified = False
     c.keep_if_best(3, -1.0)           # higher, but the evaluated policy was not certified: not kept
     c.keep_if_best(4, float("nan"))
-    assert c.best["epoch"] == 1 and c.best["return"] == -5.0
+    assert c.safety.best["epoch"] == 1 and c.safety.best["return"] == -5.0
     c.epoch = 5
     blob = c.state_dict()
     c2 = CRABS(builtin_system("upright"), Config.from_dict(TINY), tmp_path / "b", progress=False)
     c2.load_state_dict(blob)
-    assert c2.best["epoch"] == 1
-    old = {k: v for k, v in blob.items() if k != "safe_policy_epoch"}   # an older checkpoint
+    assert c2.safety.best["epoch"] == 1
+    # a checkpoint of version 2: no algorithm, the rows under "log", no safe_policy_epoch
+    old = {k: v for k, v in blob.items() if k not in ("safe_policy_epoch", "algorithm", "rows")}
+    old["version"] = 2
     old["log"] = [{"epoch": 1, "policy_certified": True}, {"epoch": 2, "policy_certified": False}]
     c3 = CRABS(builtin_system("upright"), Config.from_dict(TINY), tmp_path / "e", progress=False)
     c3.load_state_dict(old)
-    assert c3.safe_policy_epoch == 1
+    assert c3.safety.safe_policy_epoch == 1
     last = CRABS(builtin_system("upright"), Config.from_dict({**TINY, "final_policy": "last"}),
                  tmp_path / "c", progress=False)
     last.load_state_dict(blob)
@@ -272,12 +275,12 @@ def test_best_pair_is_kept_only_from_certified_evaluations_and_delivered(tmp_pat
     # the last epoch's policy was not certified: the last certified one acts and is delivered
     assert last.adopt_final_policy() == 0 and not last.certified   # here the initial policy
     torch.testing.assert_close(last.policy.state_dict(), before)
-    last.set_safe_policy(pi1, 3)
+    last.safety.set_safe_policy(pi1, 3)
     assert last.adopt_final_policy() == 3
-    last.certified = True
+    last.safety.certified = True
     assert last.adopt_final_policy() == 5
     assert CRABS(builtin_system("upright"), Config.from_dict(TINY), tmp_path / "d",
-                 progress=False).acting_policy_epoch() == 0
+                 progress=False).safety.acting_epoch(0) == 0
     assert c2.adopt_final_policy() == 1 and c2.certified
     torch.testing.assert_close(c2.policy.state_dict(), pi1)
     torch.testing.assert_close(c2.h.state_dict(), h1)
@@ -418,14 +421,14 @@ def test_dilation_adapts_and_a_failed_epoch_rolls_h_back(tmp_path):
     c.train_certificate = _failing_alg1(c)
     row = c.run_epoch()
     assert row["dilation"] == 0.2 and not row["cert_found"]
-    assert c.dilation == pytest.approx(0.1)
+    assert c.safety.dilation == pytest.approx(0.1)
     for k, v in c.h.state_dict().items():
         torch.testing.assert_close(v, before[k])     # rolled back: the dilation is undone
     for st, st0 in zip(c.cert.opt.state_dict()["state"].values(), adam["state"].values()):
         torch.testing.assert_close(st["exp_avg"], st0["exp_avg"])  # and so is the optimiser's state
     c.train_certificate = lambda steps, h_prev: (True, 1)
     c.run_epoch()
-    assert c.dilation == pytest.approx(0.125)
+    assert c.safety.dilation == pytest.approx(0.125)
     assert c.state_dict()["dilation"] == pytest.approx(0.125)  # checkpointed
 
 
@@ -443,17 +446,17 @@ def test_on_stuck_carry_keeps_carving_an_uncertified_certificate(tmp_path):
         c.startup()
         c.train_certificate = _failing_alg1(c)
         c.ensure_policy_certified = lambda steps: (True, 0)  # the epoch's check passes
-        c.certified = True                           # a certified triple: both modes roll back
+        c.safety.certified = True                    # a certified triple: both modes roll back
         before = {k: v.clone() for k, v in c.h.state_dict().items()}
         row = c.run_epoch()
         assert not row["cert_found"] and "dilation" in row
         for k, v in c.h.state_dict().items():
             torch.testing.assert_close(v, before[k])
-        c.certified = False                          # now uncertified
+        c.safety.certified = False                   # now uncertified
         with torch.no_grad():                        # the training policy has drifted since
             for q in c.policy.parameters():
                 q.add_(0.1)
-        seen, safe = [], copy.deepcopy(c.safe_policy_state)
+        seen, safe = [], copy.deepcopy(c.safety.safe_policy)
         failing = c.train_certificate
 
         def recording(steps, h_prev, c=c, seen=seen, failing=failing):
@@ -524,16 +527,18 @@ def test_model_failures_are_counted_and_written_to_the_ledger(tmp_path):
     """A step whose action the model put inside C_h (U <= 0) but whose real next state lies outside
     (h < 0) is a model failure: counted in the episode and written to the ledger with U, h and the
     transition; steps without a model check (U None) or with U > 0 are not failures."""
+    from crabs.rollout import Decision, mean_actor
     from crabs.system import builtin_system
 
     crabs = CRABS(builtin_system("upright"), Config.from_dict(TINY), tmp_path, progress=False)
     crabs.h = lambda x: -torch.ones(x.shape[:-1])  # every real state is outside C_h
     us = iter([-0.5, None, 0.3] * 1000)
-    env = crabs._env("explore")
-    ep = crabs._episode(env, lambda s: (crabs._mean_act(s), False, next(us)), add=False, label="uniform")
+    act = mean_actor(crabs.policy)
+    env = crabs.env("explore")
+    ep, failures = crabs.episode(env, lambda s: Decision(act(s), False, next(us)), label="uniform")
     env.close()
-    expected = len(range(0, ep["length"], 3))
-    assert ep["model_failures"] == expected > 0
+    expected = len(range(0, ep.length, 3))
+    assert failures == expected > 0
     notes = [r for r in read_ledger(tmp_path / "ledger.jsonl") if r["event"] == "model_failure"]
     assert len(notes) == expected
     assert notes[0]["U"] == -0.5 and notes[0]["h_next"] == -1.0 and notes[0]["tag"] == "explore"
@@ -545,20 +550,21 @@ def test_model_failures_are_counted_and_written_to_the_ledger(tmp_path):
 def test_min_std_from_epoch_delays_the_exploration_floor(tmp_path, monkeypatch):
     """``explore.min_std`` reaches Alg. 3 only from epoch ``explore.min_std_from_epoch`` on (1-based,
     as metrics.csv counts epochs); before it the paper's proposals (no floor) are used."""
-    import crabs.loop as loop
+    import crabs.explore as explore
     from crabs.explore import ExploreResult
+    from crabs.rollout import mean_actor
     from crabs.system import builtin_system
 
     cfg = Config.from_dict({**TINY, "explore": {"min_std": 0.3, "min_std_from_epoch": 3}})
     crabs = CRABS(builtin_system("upright"), cfg, tmp_path, progress=False)
-    crabs.certified = True
+    crabs.safety.certified = True
     seen = []
 
     def spy(s, policy, h, model, n, noise_decay, **kw):
         seen.append(kw["min_std"])
-        return ExploreResult(crabs._safe_act(s), True, 0.0)
+        return ExploreResult(mean_actor(crabs.policy)(s), True, 0.0)
 
-    monkeypatch.setattr(loop, "safeguarded_action", spy)
+    monkeypatch.setattr(explore, "safeguarded_action", spy)
     floors = {}
     for epoch in (0, 1, 2, 3):                # epochs 1-4 of the run
         seen.clear()

@@ -12,7 +12,6 @@ together.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 
@@ -21,29 +20,26 @@ import torch
 
 from crabs.baselines.config import BaselineConfig
 from crabs.buffer import ReplayBuffer
-from crabs.envs import MonitorCounters, SafetyMonitor, get_task
 from crabs.nets import TanhGaussianPolicy
-from crabs.runs import claim_run_dir, recount, rng_state, set_rng_state, write_csv, write_json
+from crabs.rollout import Decision, Step, mean_actor, run_episode
+from crabs.runs import Runner, open_run
 from crabs.sac import ConstrainedSAC
 from crabs.system import System
 
-CKPT_VERSION = 1
 
-
-class Learner:
+class Learner(Runner):
     """A model-free baseline on one system, writing into ``run_dir``: SAC on the task reward with a
     violation penalty. Subclasses change how actions are chosen (``act``, ``eval_act``), what is
     learned from a step (``store``, ``learn``) and what happens before the online phase
-    (``pretrain``)."""
+    (``pretrain``); the run folder, checkpoints and resume are the harness's (runs.Runner)."""
 
     algorithm = "sac"
     label = "SAC (penalty)"
+    version = 1
     uses_sac = True   # the task policy is trained by SAC from a replay buffer (CPO: False)
 
-    def __init__(self, system: System, cfg: BaselineConfig, run_dir: str | Path, progress: bool = True):
-        self.sys, self.cfg, self.dir, self.progress = system, cfg, Path(run_dir), progress
-        torch.manual_seed(cfg.seed)
-        self.rng = np.random.default_rng(cfg.seed)
+    def __init__(self, system: System, cfg: BaselineConfig, run_dir, progress: bool = True):
+        super().__init__(system, cfg, run_dir, progress)
         init = system.initial_policy
         self.obs_dim, self.act_dim = init.obs_dim, init.act_dim
         if cfg.start_from_initial:
@@ -53,24 +49,20 @@ class Learner:
         self.sac = ConstrainedSAC(self.policy, cfg.sac) if self.uses_sac else None
         capacity = max(cfg.steps, 1) if self.uses_sac else 1
         self.buffer = ReplayBuffer(init.obs_dim, init.act_dim, capacity=capacity)
-        self.counters = MonitorCounters()
-        self.rows: list[dict] = []
         self.next_eval = cfg.eval_every
         self.last_info: dict = {}
         self.offline = {"steps": 0, "violations": 0, "done": False}
-        self._rows_at_start = 0
 
     # -- hooks --------------------------------------------------------------------------------
-    def act(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(the action sent to the environment, the action the task policy learns from)."""
+    def act(self, s: np.ndarray) -> np.ndarray | Decision:
+        """The action sent to the environment (a Decision whose ``proposed`` is the action the task
+        policy learns from, where the two differ)."""
         with torch.no_grad():
             a, _ = self.policy.sample(torch.as_tensor(s, dtype=torch.float32)[None])
-        a = a[0].double().numpy()
-        return a, a
+        return a[0].double().numpy()
 
     def eval_act(self, s: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return self.policy.mean_action(torch.as_tensor(s, dtype=torch.float32)).double().numpy()
+        return mean_actor(self.policy)(s)
 
     def store(self, s, a_env, a_task, r: float, s2, cost: float, term: bool) -> None:
         self.buffer.add(s, a_task, self.cfg.reward(r, cost), s2, float(term))
@@ -88,100 +80,60 @@ class Learner:
     def pretrain(self) -> None:
         """Before the online phase (once; RecoveryRL and SQRL collect offline data here)."""
 
-    def extra_state(self) -> dict:
-        return {}
-
-    def load_extra_state(self, d: dict) -> None:
-        pass
-
     def row_extras(self) -> dict:
         return {}
 
-    # -- real steps ---------------------------------------------------------------------------
-    def _env(self, tag: str) -> SafetyMonitor:
-        return SafetyMonitor(self.sys.make_env(), self.sys.spec, ledger=self.dir / "ledger.jsonl",
-                             counters=self.counters, tag=tag)
+    def baseline_state(self) -> dict:
+        """The subclass's own networks and state (checkpointed under "extra")."""
+        return {}
 
-    def episode(self, env: SafetyMonitor, budget: int) -> dict:
+    def load_baseline_state(self, d: dict) -> None:
+        pass
+
+    # -- real steps ---------------------------------------------------------------------------
+    def episode(self, env, budget: int) -> dict:
         """One exploration episode, learning after every real step; it stops early when the
         monitor's step count reaches ``budget``."""
-        s, _ = env.reset()
-        ret, n, violated = 0.0, 0, False
-        while True:
-            a_env, a_task = self.act(s)
-            s2, r, term, trunc, info = env.step(a_env)
-            cost = float(info["cost"] > 0)
-            self.store(s, a_env, a_task, float(r), s2, cost, bool(term))
-            ret, n, violated = ret + float(r), n + 1, violated or cost > 0
+
+        def on_step(st: Step) -> bool:
+            d = st.decision
+            self.store(st.s, d.action, d.action if d.proposed is None else d.proposed, st.r, st.s2, st.cost,
+                       st.terminated)
             self.learn()
-            s = s2
-            if term or trunc or self.counters.env_steps >= budget:
-                break
-        return {"return": ret, "length": n, "violated": violated}
+            return self.counters.env_steps >= budget
+
+        ep = run_episode(env, self.act, on_step)
+        return {"return": ep.ret, "length": ep.length, "violated": ep.violated}
 
     def evaluate(self) -> dict:
         """One episode of the mean policy from s0 (real steps: counted, and they may violate)."""
-        env = self._env("eval")
+        env = self.env("eval")
         try:
-            s, _ = env.reset()
-            ret, n, violated = 0.0, 0, False
-            while True:
-                s, r, term, trunc, info = env.step(self.eval_act(s))
-                ret, n, violated = ret + float(r), n + 1, violated or info["cost"] > 0
-                if term or trunc:
-                    break
+            ep = run_episode(env, self.eval_act)
         finally:
             env.close()
-        return {"eval_return": ret, "eval_length": n, "eval_violated": violated}
+        return {"eval_return": ep.ret, "eval_length": ep.length, "eval_violated": ep.violated}
 
     # -- checkpoints --------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {"version": CKPT_VERSION, "algorithm": self.algorithm, "system": self.sys.name,
-                "config": self.cfg.to_dict(), "counters": self.counters.to_dict(),
-                "sac": self.sac.state_dict() if self.sac else {"policy": self.policy.state_dict()},
-                "buffer": self.buffer.state_dict(), "rows": self.rows,
-                "offline": self.offline, "extra": self.extra_state(),
-                "rng": {**rng_state(self.rng), "torch": torch.get_rng_state()}}
+    def extra_state(self) -> dict:
+        return {"sac": self.sac.state_dict() if self.sac else {"policy": self.policy.state_dict()},
+                "buffer": self.buffer.state_dict(), "offline": self.offline, "extra": self.baseline_state()}
 
-    def load_state_dict(self, d: dict) -> None:
-        if d.get("algorithm") != self.algorithm or d.get("version") != CKPT_VERSION:
-            raise ValueError(f"checkpoint is not from a {self.algorithm} run of this version "
-                             f"(algorithm {d.get('algorithm')!r}, version {d.get('version')})")
-        if d["system"] != self.sys.name:
-            raise ValueError(f"checkpoint is from task {d['system']!r}, not {self.sys.name!r}")
-        self.counters = MonitorCounters(**d["counters"])
+    def load_extra_state(self, d: dict) -> None:
         if self.sac:
             self.sac.load_state_dict(d["sac"])
         else:
             self.policy.load_state_dict(d["sac"]["policy"])
         self.buffer.load_state_dict(d["buffer"])
-        self.rows = list(d["rows"])
-        self._rows_at_start = len(self.rows)
         self.offline = dict(d["offline"])
         # checkpoints are written at an evaluation (or at the end of the offline phase), so the
-        # next one is the next multiple of eval_every of the learner's steps (older checkpoints
-        # also stored a next_eval counted on all steps: not used)
+        # next one is the next multiple of eval_every of the learner's steps
         self.next_eval = (max(self.learner_steps(), 0) // self.cfg.eval_every + 1) * self.cfg.eval_every
-        self.load_extra_state(d["extra"])
-        set_rng_state(self.rng, d["rng"])
-        torch.set_rng_state(d["rng"]["torch"])
+        self.load_baseline_state(d["extra"])
 
-    def save(self) -> None:
-        ck = self.dir / "checkpoints"
-        ck.mkdir(parents=True, exist_ok=True)
-        tmp = ck / "last.pt.tmp"
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(ck / "last.pt")
-        torch.save({"spec": self.policy.spec(), "state_dict": self.policy.state_dict(),
-                    "meta": {"task": self.sys.name, "algorithm": self.algorithm,
-                             "env_steps": self.counters.env_steps}}, ck / "policy.pt")
-
-    def resume(self) -> None:
-        path = self.dir / "checkpoints" / "last.pt"
-        if path.exists():
-            self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        # steps taken after the checkpoint (or before the first one) still count
-        recount(self.counters, self.dir / "ledger.jsonl")
+    def delivered_policy(self) -> tuple:
+        return self.policy, self.policy.state_dict(), {"task": self.sys.name, "algorithm": self.algorithm,
+                                                       "env_steps": self.counters.env_steps}
 
     # -- the run ------------------------------------------------------------------------------
     def learner_steps(self) -> int:
@@ -200,15 +152,16 @@ class Learner:
                "env_steps": self.counters.env_steps, "episodes": self.counters.episodes,
                "violations": self.counters.violations, "epoch_s": round(time.time() - seg_start, 2)}
         self.rows.append(row)
-        write_csv(self.dir / "metrics.csv", self.rows)
+        self.write_metrics()
         self.save()
         return row
 
-    def run(self) -> dict:
-        from tqdm.auto import tqdm
-
+    def learn_run(self) -> dict:
+        """The offline phase (once), then online episodes with an evaluation every ``eval_every``
+        of the learner's own steps, until the budget of online steps is spent."""
         cfg = self.cfg
         started = seg_start = time.time()   # the first row's time includes the offline phase
+        self.resume()
         if not self.offline["done"]:
             # the offline phase comes first, so every step before the online phase is offline (a
             # run that died during it does it again; the earlier steps still count)
@@ -217,9 +170,9 @@ class Learner:
                             "done": True}
             self.save()
         budget = self.offline["steps"] + cfg.steps  # the online steps come on top of the offline ones
-        bar = tqdm(total=cfg.steps, initial=min(self.counters.env_steps - self.offline["steps"], cfg.steps),
-                   desc=f"{self.algorithm} {self.sys.name}", unit="step", disable=not self.progress)
-        env = self._env("explore")
+        bar = self.progress_bar(cfg.steps, min(self.counters.env_steps - self.offline["steps"], cfg.steps),
+                                "step")
+        env = self.env("explore")
         returns: list[float] = []
         try:
             while self.counters.env_steps < budget:
@@ -241,16 +194,11 @@ class Learner:
         if not self.rows or self.rows[-1]["env_steps"] < self.counters.env_steps:
             # the run died after its last step but before its final evaluation (resume): take it now
             self._evaluation_row(returns, seg_start)
-        prior = sum(r.get("epoch_s", 0.0) for r in self.rows[: self._rows_at_start])
         evals = [r["eval_return"] for r in self.rows]
-        return {"task": self.sys.name, "algorithm": self.algorithm, "seed": cfg.seed,
-                "env_steps": self.counters.env_steps, "episodes": self.counters.episodes,
-                "violations": self.counters.violations,
-                "offline_steps": self.offline["steps"], "offline_violations": self.offline["violations"],
-                "final_eval_return": evals[-1],
-                "mean_return": float(np.mean(evals)),
-                "penalty": cfg.violation_penalty, "evaluations": len(self.rows),
-                "wall_clock_s": round(time.time() - started + prior, 1)}
+        return self.summary(started, offline_steps=self.offline["steps"],
+                            offline_violations=self.offline["violations"], final_eval_return=evals[-1],
+                            mean_return=float(np.mean(evals)), penalty=cfg.violation_penalty,
+                            evaluations=len(self.rows))
 
 
 def train_baseline(learner_cls: type[Learner], system: str | System | None,
@@ -259,42 +207,14 @@ def train_baseline(learner_cls: type[Learner], system: str | System | None,
     """Run ``learner_cls`` on a built-in task name or a :class:`System`, writing the run folder
     ``out``; ``resume=True`` continues the run in ``out`` with its own config (a finished run
     returns its summary without a step)."""
-    import yaml
-
-    from crabs.plots import figure2
-    from crabs.system import builtin_system
-
     algorithm = learner_cls.algorithm
-    out = claim_run_dir(out, resume)
-    cfg_path = out / "config.yaml"
-    if resume:
-        data = yaml.safe_load(cfg_path.read_text())
-        if not isinstance(data, dict) or data.get("algorithm") != algorithm:
-            found = data.get("algorithm", "crabs") if isinstance(data, dict) else "?"
-            raise ValueError(f"{str(out)!r} holds a {found} run, not {algorithm}")
-        cfg = BaselineConfig.from_dict(data)
-        system = cfg.task if system is None else system
-        name = get_task(system).name if isinstance(system, str) else system.name
-        if name != cfg.task:
-            raise ValueError(f"{str(out)!r} holds a run of task {cfg.task!r}, not {name!r}")
-        if (out / "summary.json").exists():
-            return json.loads((out / "summary.json").read_text())
-    else:
-        if system is None:
-            raise ValueError("a task or System is required for a new run")
-        name = get_task(system).name if isinstance(system, str) else system.name
-        cfg = config if config is not None else BaselineConfig(algorithm=algorithm)
-        if cfg.algorithm != algorithm:
-            raise ValueError(f"config.algorithm is {cfg.algorithm!r}, not {algorithm!r}")
-        if cfg.task != name:
-            cfg = cfg.replace(task=name)
-        cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    if isinstance(system, str):
-        system = builtin_system(system, cfg.sac.hidden, cfg.sac.act)
-    learner = learner_cls(system, cfg, out, progress)
-    if resume:
-        learner.resume()
-    result = learner.run()
-    write_json(out / "summary.json", result)
-    figure2([(learner.label, out)], out / "figure2.png", title=f"{system.name}: {learner.label}")
+    run, cfg, system, done = open_run(out, resume, system, config, algorithm=algorithm,
+                                      config_cls=BaselineConfig, progress=progress,
+                                      default=lambda s: BaselineConfig(algorithm=algorithm))
+    if done is not None:
+        return done
+    learner = learner_cls(system, cfg, run, progress)
+    result = learner.learn_run()
+    run.write_summary(result)
+    learner.plot_progress()
     return result

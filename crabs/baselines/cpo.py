@@ -117,13 +117,12 @@ class CPO(Learner):
             return c.batch
         return 1000 if self.sys.spec.dim <= 2 else 5000   # App. C.3: 1000 (pendulum), 5000 (cart-pole)
 
-    def act(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def act(self, s: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             mu, log_std = self.policy(torch.as_tensor(s, dtype=torch.float32))
             z = mu + log_std.exp() * torch.randn_like(mu)
         self._z = z.double().numpy()
-        a = np.tanh(self._z)
-        return a, a
+        return np.tanh(self._z)
 
     def store(self, s, a_env, a_task, r, s2, cost, term) -> None:
         r = self.cfg.reward(r, cost)   # (default: no penalty; the violations are constrained instead)
@@ -229,15 +228,11 @@ class CPO(Learner):
         self.last_case = case if accepted else f"{case} (rejected)"
         self.last_info = {"q_loss": float(loss.detach()), "batch_violations": int(cost.sum())}
 
-    def eval_act(self, s: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return self.policy.mean_action(torch.as_tensor(s, dtype=torch.float32)).double().numpy()
-
-    def extra_state(self) -> dict:
+    def baseline_state(self) -> dict:
         return {"v_r": self.v_r.state_dict(), "v_c": self.v_c.state_dict(),
                 "vf_opt": self.vf_opt.state_dict(), "updates": self.updates}
 
-    def load_extra_state(self, d: dict) -> None:
+    def load_baseline_state(self, d: dict) -> None:
         self.v_r.load_state_dict(d["v_r"])
         self.v_c.load_state_dict(d["v_c"])
         self.vf_opt.load_state_dict(d["vf_opt"])

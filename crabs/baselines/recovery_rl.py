@@ -20,6 +20,7 @@ from crabs.baselines.common import train_baseline
 from crabs.baselines.config import BaselineConfig
 from crabs.baselines.safety_critic import RiskLearner
 from crabs.nets import TanhGaussianPolicy
+from crabs.rollout import Decision
 from crabs.system import System
 
 
@@ -40,13 +41,14 @@ class RecoveryRL(RiskLearner):
     def next_action(self, s2: torch.Tensor) -> torch.Tensor:
         return self.shield(s2, self.policy.sample(s2)[0])[0]
 
-    def act(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def act(self, s: np.ndarray) -> Decision:
+        """The shielded action; pi_task learns from its own proposal."""
         with torch.no_grad():
             st = torch.as_tensor(s, dtype=torch.float32)[None]
             a_task = self.policy.sample(st)[0]
             a_env, risky = self.shield(st, a_task)
         self.shielded += int(risky[0])
-        return a_env[0].double().numpy(), a_task[0].double().numpy()
+        return Decision(a_env[0].double().numpy(), proposed=a_task[0].double().numpy())
 
     def eval_act(self, s: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -64,12 +66,12 @@ class RecoveryRL(RiskLearner):
             p.grad = g
         self.rec_opt.step()
 
-    def extra_state(self) -> dict:
-        return {**super().extra_state(), "recovery": self.recovery.state_dict(),
+    def baseline_state(self) -> dict:
+        return {**super().baseline_state(), "recovery": self.recovery.state_dict(),
                 "rec_opt": self.rec_opt.state_dict()}
 
-    def load_extra_state(self, d: dict) -> None:
-        super().load_extra_state(d)
+    def load_baseline_state(self, d: dict) -> None:
+        super().load_baseline_state(d)
         self.recovery.load_state_dict(d["recovery"])
         self.rec_opt.load_state_dict(d["rec_opt"])
 

@@ -26,6 +26,7 @@ from crabs.baselines.common import Learner
 from crabs.buffer import ReplayBuffer
 from crabs.envs import SafetyMonitor
 from crabs.nets import mlp
+from crabs.rollout import Step, run_episode
 
 
 class SafetyCritic(nn.Module):
@@ -77,16 +78,15 @@ def collect_offline(env: SafetyMonitor, buffer: ReplayBuffer, steps: int,
     """``steps`` real transitions of ``act`` through the monitor into ``buffer`` as (s, a, c, s',
     done); returns the number of violations among them."""
     n, violations = 0, 0
+
+    def on_step(st: Step) -> bool:
+        nonlocal n, violations
+        buffer.add(st.s, st.decision.action, st.cost, st.s2, float(st.terminated))
+        n, violations = n + 1, violations + int(st.cost)
+        return n >= steps
+
     while n < steps:
-        s, _ = env.reset()
-        while True:
-            a = act(s)
-            s2, _, term, trunc, info = env.step(a)
-            c = float(info["cost"] > 0)
-            buffer.add(s, a, c, s2, float(term))
-            n, violations, s = n + 1, violations + int(c), s2
-            if term or trunc or n >= steps:
-                break
+        run_episode(env, act, on_step)
     return violations
 
 
@@ -132,7 +132,7 @@ class RiskLearner(Learner):
             with torch.no_grad():
                 return init.sample(torch.as_tensor(s, dtype=torch.float32)[None])[0][0].double().numpy()
 
-        env = self._env("offline")
+        env = self.env("offline")
         try:
             collect_offline(env, self.risk_buffer, r.offline_random, random_act)
             collect_offline(env, self.risk_buffer, r.offline_initial, initial_act)
@@ -142,11 +142,11 @@ class RiskLearner(Learner):
             for _ in range(r.pretrain_steps):
                 self.learn_risk()
 
-    def extra_state(self) -> dict:
+    def baseline_state(self) -> dict:
         return {"critic": self.critic.extra_state(), "risk_buffer": self.risk_buffer.state_dict(),
                 "shielded": self.shielded}
 
-    def load_extra_state(self, d: dict) -> None:
+    def load_baseline_state(self, d: dict) -> None:
         self.critic.load_extra_state(d["critic"])
         self.risk_buffer.load_state_dict(d["risk_buffer"])
         self.shielded = int(d["shielded"])

@@ -37,9 +37,8 @@ class SQRL(RiskLearner):
         self.shielded += int(i > 0)
         return a[i].double().numpy()
 
-    def act(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        a = self.filtered(s)
-        return a, a
+    def act(self, s: np.ndarray) -> np.ndarray:
+        return self.filtered(s)
 
     def eval_act(self, s: np.ndarray) -> np.ndarray:
         with torch.no_grad():

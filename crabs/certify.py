@@ -1,0 +1,101 @@
+"""Certifying a triple (model, h, policy): Alg. 1 until the adversary is quiet, the adversarial
+policy steps of Alg. 4 (lines 5-6) until it is quiet, and the check that fresh adversaries find no
+violating state. Model, certificate and policy are arguments, never read off a trainer.
+
+"Quiet" is the stop rule of Alg. 1: no chain of the adversary with U + eps > 0 for ``quiet_steps``
+steps, twice in a row, the second window after re-drawing the chains (the release waits 1,000 then
+5,000 steps).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+
+from crabs.barrier import Barrier, CertificateTrainer
+from crabs.config import BarrierConfig
+from crabs.mala import Adversary
+
+Update = Callable[[torch.Tensor], None]
+"""Called with the violating states W whenever the adversary finds some."""
+
+
+class Certifier:
+    """The adversary (a warm-started MALA pool) and the three procedures run against it."""
+
+    def __init__(self, adv: Adversary, cfg: BarrierConfig, gen: torch.Generator):
+        self.adv, self.cfg, self.gen = adv, cfg, gen
+
+    def until_quiet(self, h: Barrier, model, policy, max_steps: int, update: Update) -> tuple[bool, int]:
+        """Run the adversary, calling ``update(W)`` whenever it finds violating states, until it has
+        been quiet twice in a row (see the module docstring). W holds the chains with
+        U + eps + ``train_margin`` > 0 (hysteresis, docs/config.md). Returns (quiet, steps)."""
+        c, adv = self.cfg, self.adv
+        adv.reset(h, model, policy)
+        quiet, windows = 0, 0
+        for step in range(1, max_steps + 1):
+            adv.step(h, model, policy)
+            if len(adv.violators(c.eps)) == 0:
+                quiet += 1
+                if quiet >= c.quiet_steps:
+                    windows += 1
+                    if windows >= 2:
+                        return True, step
+                    quiet = 0
+                    adv.reset(h, model, policy)
+                continue
+            quiet, windows = 0, 0
+            update(adv.violators(c.eps + c.train_margin))
+            adv.invalidate()
+        return False, max_steps
+
+    def train_certificate(self, cert: CertificateTrainer, model, policy, max_steps: int,
+                          h_prev: Barrier | None, reg_pool: torch.Tensor | None) -> tuple[bool, int]:
+        """Alg. 1: Eq. (4)/(5) updates of h at the adversary's violators until it is quiet. Reg's
+        states (Sec. 4.2) are the chains, or draws from ``reg_pool`` when one is given
+        (``barrier.reg_states``)."""
+        c = self.cfg
+
+        def update(w):
+            if len(w) > c.max_batch:
+                w = w[torch.randperm(len(w), generator=self.gen)[: c.max_batch]]
+            if reg_pool is None:
+                s_reg = self.adv.candidates()
+            else:
+                n = min(c.reg_samples, len(reg_pool))
+                s_reg = reg_pool[torch.randint(len(reg_pool), (n,), generator=self.gen)]
+            cert.step(model, policy, w, h_prev, s_reg)
+
+        return self.until_quiet(cert.h, model, policy, max_steps, update)
+
+    def hold_policy(self, sac, h: Barrier, model, max_steps: int, coef: float,
+                    anchor: tuple[float, Callable[[], torch.Tensor]] | None = None) -> tuple[bool, int]:
+        """Adversarial policy steps (Alg. 4 lines 5-6) until the adversary is quiet. With ``anchor``
+        (beta, draw replay states), each step also pays beta x the squared change of the mean
+        action on the drawn states from the policy this call started with (``sac.adv_anchor``)."""
+        start = copy.deepcopy(sac.policy) if anchor is not None else None
+
+        def update(w):
+            pin = None
+            if start is not None:
+                beta, draw = anchor
+                s = draw()
+                with torch.no_grad():
+                    pin = (s, start.mean_action(s), beta)
+            sac.adversarial_step(w, h, model, coef, pin)
+
+        return self.until_quiet(h, model, sac.policy, max_steps, update)
+
+    def check(self, h: Barrier, model, policy, steps: int, windows: int = 2) -> bool:
+        """Fresh adversaries, no updates: True if none of ``windows`` freshly drawn pools finds a
+        violating state in ``steps`` steps (the test Alg. 1 stops on)."""
+        eps, adv = self.cfg.eps, self.adv
+        for _ in range(windows):
+            adv.reset(h, model, policy)
+            for _ in range(steps):
+                adv.step(h, model, policy)
+                if len(adv.violators(eps)):
+                    return False
+        return True

@@ -26,6 +26,7 @@ from crabs.envs import get_task
 from crabs.envs import pendulum as pend
 from crabs.nets import TanhGaussianPolicy
 from crabs.rollout import mean_actor, run_episode
+from crabs.states import uniform
 
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_HIDDEN = (64, 64)
@@ -95,7 +96,7 @@ def distill(control: Callable[[np.ndarray], np.ndarray], low: np.ndarray, high: 
     opt = torch.optim.Adam(policy.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(steps):
-        u = lo + (hi - lo) * torch.rand(batch // 2, dim, generator=gen)
+        u = uniform(lo, hi, batch // 2, gen)
         g = 0.1 * (hi - lo) * torch.randn(batch - batch // 2, dim, generator=gen)
         s = torch.cat([u, g])
         target = torch.as_tensor(control(s.double().numpy()), dtype=torch.float32)

@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from crabs.envs import ledger_totals, read_ledger  # noqa: E402
+from crabs.states import uniform  # noqa: E402
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -154,7 +155,7 @@ def projected_certified(h, low: np.ndarray, high: np.ndarray, dims: tuple[int, i
     if d == 2:
         s = torch.as_tensor(np.stack([X, Y], -1).reshape(-1, 2), dtype=torch.float32)
         return xs, ys, h(s).reshape(n_grid, n_grid).numpy()
-    free = lo + (hi - lo) * torch.rand(n_free, d, generator=g)
+    free = uniform(lo, hi, n_free, g)
     best = np.full(X.size, -np.inf)
     grid = torch.as_tensor(np.stack([X, Y], -1).reshape(-1, 2), dtype=torch.float32)
     for chunk in torch.split(torch.arange(len(grid)), 400):

@@ -212,8 +212,26 @@ class ExploreConfig:
                 raise ValueError(f"{where}.{name}: must be >= 0, got {getattr(self, name)}")
 
 
+class RunConfig:
+    """What a run's whole config (CRABS's :class:`Config`, the baselines' ``BaselineConfig``) can do:
+    be built from a plain dict (strictly), turned back into one, and copied with changes."""
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        return _build(cls, data, "config")
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+    def replace(self, **changes):
+        """A copy with ``changes`` (nested dicts for sections) merged in, checked like a new config."""
+        d = self.to_dict()
+        _deep_update(d, changes)
+        return type(self).from_dict(d)
+
+
 @dataclass
-class Config:
+class Config(RunConfig):
     task: str = "upright"
     seed: int = 0
     epochs: int = 40
@@ -233,21 +251,9 @@ class Config:
     sac: SACConfig = field(default_factory=SACConfig)
     explore: ExploreConfig = field(default_factory=ExploreConfig)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> Config:
-        return _build(cls, data, "config")
-
     def validate(self, where: str) -> None:
         if self.final_policy not in ("best", "last"):
             raise ValueError(f"{where}.final_policy: must be 'best' or 'last', got {self.final_policy!r}")
-
-    def to_dict(self) -> dict:
-        return _plain(dataclasses.asdict(self))
-
-    def replace(self, **changes) -> Config:
-        d = self.to_dict()
-        _deep_update(d, changes)
-        return Config.from_dict(d)
 
 
 def _plain(x):

@@ -35,7 +35,7 @@ from crabs.dynamics import DynamicsTrainer, Ensemble, model_safe_rollouts, predi
 from crabs.explore import CheckedActor, SafeguardedActor, StartupActor
 from crabs.mala import Adversary
 from crabs.rollout import Step, mean_actor, run_episode
-from crabs.runs import Runner, open_run
+from crabs.runs import Runner
 from crabs.sac import ConstrainedSAC
 from crabs.safety import EpochPlan, SafetyState, next_dilation
 from crabs.states import certified_samples, uniform, uniform_violations, volume_on
@@ -71,6 +71,7 @@ class CRABS(Runner):
 
     algorithm = "crabs"
     label = "CRABS"
+    config_cls = Config
     version = 3
     accepts = (2,)   # version 2: the metrics rows under "log"
 
@@ -487,7 +488,21 @@ class CRABS(Runner):
                 self.dir / "figure3.png", title=f"{self.sys.name}: C_h after {self.epoch} epochs",
                 kernel=kernel)
 
-    def learn(self) -> dict:
+    @classmethod
+    def default_config(cls, system) -> Config:
+        """The task's default config (crabs/configs/<task>.yaml); for a System, ``Config()``."""
+        from crabs.config import load_config
+
+        return load_config(task=system if isinstance(system, str) else None)
+
+    @classmethod
+    def finished(cls, done: dict, cfg: Config) -> str | None:
+        # a finished run has nothing left to do (and a final evaluation would take real steps)
+        if done["epochs"] >= cfg.epochs:
+            return f"finished its {cfg.epochs} epochs: nothing to do (pass epochs to extend it)"
+        return None
+
+    def run(self) -> dict:
         """Start up (or resume) and run the epochs; then deliver, evaluate and summarise."""
         started = time.time()
         if not self.resume():   # a new run, or one that died during start-up (its steps still count)
@@ -515,7 +530,7 @@ class CRABS(Runner):
         last_return = next((r["eval_return"] for r in reversed(self.rows) if "eval_return" in r), None)
         last_certified = self.certified  # before the best pair, if delivered, is loaded
         policy_epoch = self.adopt_final_policy()
-        self.run.save_policy(*self.delivered_policy(policy_epoch))
+        self.folder.save_policy(*self.delivered_policy(policy_epoch))
         final = self.evaluate()
         self.write_metrics()
         return self.summary(
@@ -545,23 +560,5 @@ def train(system: str | System | None, config: Config | None = None, out: str | 
     may then be None for a built-in task, and ``epochs`` raises the run's epoch budget); a run
     that died during start-up starts up again, its earlier steps and violations still counted; a
     finished run returns its summary without touching the environment."""
-    from crabs.config import load_config
-
-    def finished(done: dict, cfg: Config) -> str | None:
-        # a finished run has nothing left to do (and a final evaluation would take real steps)
-        if done["epochs"] >= cfg.epochs:
-            return f"finished its {cfg.epochs} epochs: nothing to do (pass epochs to extend it)"
-        return None
-
-    run, cfg, system, done = open_run(
-        out, resume, system, config, algorithm="crabs", config_cls=Config,
-        default=lambda s: load_config(task=s if isinstance(s, str) else None),
-        changes={"epochs": epochs} if resume and epochs is not None else None,
-        finished=finished, progress=progress)
-    if done is not None:
-        return done
-    crabs = CRABS(system, cfg, run, progress)
-    summary = crabs.learn()
-    run.write_summary(summary)
-    crabs.make_plots()
-    return summary
+    return CRABS.train(system, config, out, resume, progress,
+                       changes={"epochs": epochs} if resume and epochs is not None else None)

@@ -10,11 +10,12 @@ Layout of a run folder::
     DIR/summary.json      the result
     DIR/*.png             plots
 
-:class:`RunDir` is the folder, :func:`open_run` resolves a new or resumed run's config (the same
-rules for every algorithm), and :class:`Runner` is what a runner inherits: the monitored
-environment, versioned atomic checkpoints with the random generators, resume with the counters
-recounted from the ledger, metrics, wall-clock over sessions, the progress bar and the summary.
-A runner adds its own state (``extra_state``), its delivered policy and its loop.
+:class:`RunDir` is the folder and :class:`Runner` what every algorithm's run inherits:
+``Runner.train`` (a new or resumed run's folder and config, resolved by the same rules for every
+algorithm), the monitored environment, versioned atomic checkpoints with the random generators,
+resume with the counters recounted from the ledger, metrics, wall-clock over sessions, the
+progress bar and the summary. An algorithm adds its own state (``extra_state``), its delivered
+policy and its loop (``run``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import csv
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -169,80 +170,112 @@ def _system_name(system) -> str:
     return get_task(system).name if isinstance(system, str) else system.name
 
 
-def open_run(out: str | os.PathLike, resume: bool, system, config, *, algorithm: str, config_cls,
-             default: Callable, changes: dict | None = None,
-             finished: Callable[[dict, object], str | None] = lambda done, cfg: "finished: nothing to do",
-             progress: bool = True):
-    """Resolve a run's folder, config and system, the same way for every algorithm.
-
-    A new run (``resume=False``) needs ``system`` (a built-in task name or a System) and takes
-    ``config`` or ``default(system)``; the config names the system's task and is written to the
-    folder. A resumed run reads the folder's own config (it must be of ``algorithm`` and the same
-    task), applies ``changes`` (e.g. more epochs, written back); if the run has a summary and
-    ``finished(summary, cfg)`` returns a message, it is done: that message is shown and nothing
-    more happens. Returns (RunDir, config, System or None when done, the finished summary or None)."""
-    from crabs.system import builtin_system
-
-    run = RunDir.claim(out, resume)
-    if resume:
-        data = run.read_config()
-        found = data.get("algorithm", "crabs") if isinstance(data, dict) else "?"
-        if found != algorithm:
-            raise ValueError(f"{str(out)!r} holds a {found} run, not {algorithm}")
-        cfg = config_cls.from_dict(data)
-        system = cfg.task if system is None else system
-        name = _system_name(system)
-        if name != cfg.task:
-            raise ValueError(f"{str(out)!r} holds a run of task {cfg.task!r}, not {name!r}")
-        if changes:
-            cfg = cfg.replace(**changes)
-            run.write_config(cfg)
-        done = run.read_summary()
-        message = finished(done, cfg) if done is not None else None
-        if message is not None:
-            if progress:
-                from tqdm.auto import tqdm
-
-                tqdm.write(f"{str(out)!r} {message}")
-            return run, cfg, None, done
-    else:
-        if system is None:
-            raise ValueError("a task or System is required for a new run")
-        name = _system_name(system)
-        cfg = config if config is not None else default(system)
-        if getattr(cfg, "algorithm", "crabs") != algorithm:
-            raise ValueError(f"config.algorithm is {cfg.algorithm!r}, not {algorithm!r}")
-        if cfg.task != name:
-            cfg = cfg.replace(task=name)
-        run.write_config(cfg)
-    if isinstance(system, str):
-        system = builtin_system(system, cfg.sac.hidden, cfg.sac.act)
-    return run, cfg, system, None
-
-
 class Runner:
     """What every algorithm's run inherits (Stable-Baselines3's split: the algorithm's maths lives in
-    its own modules, the run loop in the subclass, persistence here).
+    its own modules, the run loop in the subclass's ``run``, the rest here).
 
-    Subclasses set ``algorithm``, ``label`` and ``version`` (of their checkpoint format; ``accepts``
-    lists the older versions they still read) and provide ``extra_state`` / ``load_extra_state``
+    Subclasses set ``algorithm``, ``label``, ``config_cls`` and ``version`` (of their checkpoint
+    format; ``accepts`` lists the older versions they still read) and provide ``run`` (the whole
+    loop, returning the summary), ``default_config``, ``extra_state`` / ``load_extra_state``
     (their networks and state), ``delivered_policy`` (what policy.pt holds) and ``generators``
     (their torch generators, checkpointed with NumPy's and torch's global one)."""
 
     algorithm = ""
     label = ""
+    config_cls: type = object
     version = 1
     accepts: tuple[int, ...] = ()
 
     def __init__(self, system, cfg, run_dir: str | os.PathLike | RunDir, progress: bool = True):
         self.sys, self.cfg, self.progress = system, cfg, progress
-        self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-        self.dir = self.run.path
+        self.folder = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        self.dir = self.folder.path
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.counters = MonitorCounters()
         self.rows: list[dict] = []          # metrics.csv, one per epoch / evaluation
         self._rows_at_start = 0             # rows written by earlier sessions (resume)
+
+    # -- a whole run ------------------------------------------------------------------------------
+    @classmethod
+    def train(cls, system, config=None, out: str | os.PathLike = "runs/run", resume: bool = False,
+              progress: bool = True, changes: dict | None = None) -> dict:
+        """Run on a built-in task name or a System, writing the run folder ``out`` (config, ledger,
+        metrics, checkpoints, summary.json, plots); see :meth:`open` for new and resumed runs."""
+        folder, cfg, system, done = cls.open(out, resume, system, config, changes, progress)
+        if done is not None:
+            return done
+        runner = cls(system, cfg, folder, progress)
+        summary = runner.run()
+        folder.write_summary(summary)
+        runner.make_plots()
+        return summary
+
+    @classmethod
+    def open(cls, out, resume: bool, system, config, changes: dict | None = None, progress: bool = True):
+        """Resolve a run's folder, config and system, the same way for every algorithm.
+
+        A new run (``resume=False``) needs ``system`` (a built-in task name or a System) and takes
+        ``config`` or ``default_config(system)``; the config names the system's task and is written
+        to the folder. A resumed run reads the folder's own config (it must be of this algorithm and
+        the same task), applies ``changes`` (e.g. more epochs, written back); if the run has a
+        summary and ``finished(summary, cfg)`` returns a message, it is done: the message is shown
+        and nothing more happens. Returns (RunDir, config, System or None when done, the finished
+        summary or None)."""
+        from crabs.system import builtin_system
+
+        folder = RunDir.claim(out, resume)
+        if resume:
+            data = folder.read_config()
+            found = data.get("algorithm", "crabs") if isinstance(data, dict) else "?"
+            if found != cls.algorithm:
+                raise ValueError(f"{str(out)!r} holds a {found} run, not {cls.algorithm}")
+            cfg = cls.config_cls.from_dict(data)
+            system = cfg.task if system is None else system
+            name = _system_name(system)
+            if name != cfg.task:
+                raise ValueError(f"{str(out)!r} holds a run of task {cfg.task!r}, not {name!r}")
+            if changes:
+                cfg = cfg.replace(**changes)
+                folder.write_config(cfg)
+            done = folder.read_summary()
+            message = cls.finished(done, cfg) if done is not None else None
+            if message is not None:
+                if progress:
+                    from tqdm.auto import tqdm
+
+                    tqdm.write(f"{str(out)!r} {message}")
+                return folder, cfg, None, done
+        else:
+            if system is None:
+                raise ValueError("a task or System is required for a new run")
+            name = _system_name(system)
+            cfg = config if config is not None else cls.default_config(system)
+            if getattr(cfg, "algorithm", "crabs") != cls.algorithm:
+                raise ValueError(f"config.algorithm is {cfg.algorithm!r}, not {cls.algorithm!r}")
+            if cfg.task != name:
+                cfg = cfg.replace(task=name)
+            folder.write_config(cfg)
+        if isinstance(system, str):
+            system = builtin_system(system, cfg.sac.hidden, cfg.sac.act)
+        return folder, cfg, system, None
+
+    @classmethod
+    def default_config(cls, system):
+        """The config of a new run given none (``system``: a task name or a System)."""
+        raise NotImplementedError
+
+    @classmethod
+    def finished(cls, done: dict, cfg) -> str | None:
+        """Whether a resumed run with this summary is done: a message to show, or None to go on."""
+        return "finished: nothing to do"
+
+    def run(self) -> dict:
+        """The whole loop (resuming if the folder holds a checkpoint); returns the summary."""
+        raise NotImplementedError
+
+    def make_plots(self) -> None:
+        self.plot_progress()
 
     # -- the subclass's part ----------------------------------------------------------------------
     def generators(self) -> dict[str, torch.Generator]:
@@ -260,7 +293,7 @@ class Runner:
 
     # -- real steps -------------------------------------------------------------------------------
     def env(self, tag: str) -> SafetyMonitor:
-        return self.run.monitor(self.sys, self.counters, tag)
+        return self.folder.monitor(self.sys, self.counters, tag)
 
     # -- checkpoints ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -289,26 +322,26 @@ class Runner:
 
     def save(self) -> Path:
         """checkpoints/last.pt (atomically) and policy.pt."""
-        path = self.run.save_checkpoint(self.state_dict())
+        path = self.folder.save_checkpoint(self.state_dict())
         self.save_policy()
         return path
 
     def save_policy(self) -> None:
-        self.run.save_policy(*self.delivered_policy())
+        self.folder.save_policy(*self.delivered_policy())
 
     def resume(self) -> bool:
         """Continue from checkpoints/last.pt if there is one (returns whether there was); either way
         the counters continue from the ledger, so real steps taken after the checkpoint (or before
         the first one) still count."""
-        blob = self.run.load_checkpoint()
+        blob = self.folder.load_checkpoint()
         if blob is not None:
             self.load_state_dict(blob)
-        recount(self.counters, self.run.ledger)
+        recount(self.counters, self.folder.ledger)
         return blob is not None
 
     # -- the run ----------------------------------------------------------------------------------
     def write_metrics(self) -> None:
-        self.run.write_metrics(self.rows)
+        self.folder.write_metrics(self.rows)
 
     def prior_wall_clock(self) -> float:
         """Wall-clock of the run's earlier sessions (before a resume), from the metrics rows."""

@@ -22,7 +22,7 @@ from crabs.baselines.config import BaselineConfig
 from crabs.buffer import ReplayBuffer
 from crabs.nets import TanhGaussianPolicy
 from crabs.rollout import Decision, Step, mean_actor, run_episode
-from crabs.runs import Runner, open_run
+from crabs.runs import Runner
 from crabs.sac import ConstrainedSAC
 from crabs.system import System
 
@@ -35,6 +35,7 @@ class Learner(Runner):
 
     algorithm = "sac"
     label = "SAC (penalty)"
+    config_cls = BaselineConfig
     version = 1
     uses_sac = True   # the task policy is trained by SAC from a replay buffer (CPO: False)
 
@@ -156,7 +157,11 @@ class Learner(Runner):
         self.save()
         return row
 
-    def learn_run(self) -> dict:
+    @classmethod
+    def default_config(cls, system) -> BaselineConfig:
+        return BaselineConfig(algorithm=cls.algorithm)
+
+    def run(self) -> dict:
         """The offline phase (once), then online episodes with an evaluation every ``eval_every``
         of the learner's own steps, until the budget of online steps is spent."""
         cfg = self.cfg
@@ -207,14 +212,4 @@ def train_baseline(learner_cls: type[Learner], system: str | System | None,
     """Run ``learner_cls`` on a built-in task name or a :class:`System`, writing the run folder
     ``out``; ``resume=True`` continues the run in ``out`` with its own config (a finished run
     returns its summary without a step)."""
-    algorithm = learner_cls.algorithm
-    run, cfg, system, done = open_run(out, resume, system, config, algorithm=algorithm,
-                                      config_cls=BaselineConfig, progress=progress,
-                                      default=lambda s: BaselineConfig(algorithm=algorithm))
-    if done is not None:
-        return done
-    learner = learner_cls(system, cfg, run, progress)
-    result = learner.learn_run()
-    run.write_summary(result)
-    learner.plot_progress()
-    return result
+    return learner_cls.train(system, config, out, resume, progress)

@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crabs.config import SACConfig, _build, _deep_update, _plain, read_yaml_mapping
+from crabs.config import RunConfig, SACConfig, _deep_update, read_yaml_mapping
 from crabs.envs import get_task
 
 ALGORITHMS = ("sac", "cpo", "recovery_rl", "sqrl")
@@ -72,7 +71,7 @@ class CPOConfig:
 
 
 @dataclass
-class BaselineConfig:
+class BaselineConfig(RunConfig):
     """One baseline run. ``sac`` holds the SAC hyperparameters of the task policy (the same defaults
     as CRABS's policy optimiser; its constraint-only keys ``big_c``, ``adv_*``, ``model_*`` play no
     part); ``risk`` is read by RecoveryRL and SQRL only, ``cpo`` by CPO only (which uses ``sac``'s
@@ -96,10 +95,6 @@ class BaselineConfig:
     risk: RiskConfig = field(default_factory=RiskConfig)
     cpo: CPOConfig = field(default_factory=CPOConfig)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> BaselineConfig:
-        return _build(cls, data, "config")
-
     def validate(self, where: str) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"{where}.algorithm: must be one of {', '.join(ALGORITHMS)}, "
@@ -111,14 +106,6 @@ class BaselineConfig:
                 raise ValueError(f"{where}.{name}: must be >= 1, got {getattr(self, name)}")
         if self.sac.model_horizon:  # SACConfig allows it; the baselines' use of SAC does not
             raise ValueError(f"{where}.sac.model_horizon: the baselines have no dynamics model (use 0)")
-
-    def to_dict(self) -> dict:
-        return _plain(dataclasses.asdict(self))
-
-    def replace(self, **changes) -> BaselineConfig:
-        d = self.to_dict()
-        _deep_update(d, changes)
-        return BaselineConfig.from_dict(d)
 
     @property
     def steps(self) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from crabs.barrier import Barrier, CertificateTrainer
+from crabs.barrier import Barrier, CertificateTrainer, U
 from crabs.config import BarrierConfig
 from crabs.mala import Adversary
 
@@ -99,3 +99,14 @@ class Certifier:
                 if len(adv.violators(eps)):
                     return False
         return True
+
+
+@torch.no_grad()
+def uniform_violations(h, model, policy, inside: torch.Tensor) -> float:
+    """An audit of the adversary: the fraction of the uniform certified states ``inside`` where
+    U(s, pi(s), h) > 0 under the model, i.e. where the certificate is not invariant for the model.
+    Alg. 1 should leave this at 0; MALA with few chains can miss whole regions, which this exposes
+    (in 2-D or 4-D uniform sampling is dense enough)."""
+    if len(inside) == 0:
+        return 0.0
+    return float((U(h, model, inside, policy.mean_action(inside)) > 0).float().mean())

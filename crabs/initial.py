@@ -121,8 +121,11 @@ def policy_path(task: str) -> Path:
     return DATA_DIR / f"initial_{get_task(task).name}.pt"
 
 
-def save_policy(policy: TanhGaussianPolicy, path: str | Path, **meta) -> None:
-    torch.save({"spec": policy.spec(), "state_dict": policy.state_dict(), "meta": meta}, path)
+def save_policy(policy: TanhGaussianPolicy, path: str | Path, state: dict | None = None, **meta) -> None:
+    """A policy file: the network's shape, its weights (or ``state``, weights of the same shape) and
+    ``meta``; :func:`load_policy` reads it without unpickling anything."""
+    torch.save({"spec": policy.spec(), "state_dict": policy.state_dict() if state is None else state,
+                "meta": meta}, path)
 
 
 def load_policy(path: str | Path) -> tuple[TanhGaussianPolicy, dict]:

@@ -16,7 +16,6 @@ import torch
 from crabs.barrier import Barrier
 from crabs.config import Config
 from crabs.envs import get_task
-from crabs.runs import RunDir
 
 
 def load_barrier(run_dir: str | Path, which: str = "last") -> tuple[Barrier | None, Config]:
@@ -24,20 +23,10 @@ def load_barrier(run_dir: str | Path, which: str = "last") -> tuple[Barrier | No
     (``which="last"``) or the best certified pair's (``"best"``, None if the run kept none)."""
     if which not in ("last", "best"):
         raise ValueError(f"which must be 'last' or 'best', got {which!r}")
-    blob, cfg = _load_checkpoint(run_dir)
+    from crabs.loop import CRABS
+
+    cfg, blob = CRABS.read_run(run_dir)
     return _barrier(cfg, blob, which), cfg
-
-
-def _load_checkpoint(run_dir: str | Path) -> tuple[dict, Config]:
-    """A run folder's config and last checkpoint, checked to be of the same task."""
-    run = RunDir(run_dir)
-    cfg = Config.from_dict(run.read_config())
-    blob = run.load_checkpoint()
-    if blob is None:
-        raise FileNotFoundError(f"{str(run_dir)!r} holds no checkpoint (checkpoints/last.pt)")
-    if blob.get("system") != cfg.task:
-        raise ValueError(f"checkpoint is from task {blob.get('system')!r}, not {cfg.task!r}")
-    return blob, cfg
 
 
 def _barrier(cfg: Config, blob: dict, which: str) -> Barrier | None:
@@ -79,7 +68,9 @@ def judge_certificate(h: Barrier, n_theta: int = 301, n_theta_dot: int = 321) ->
 def judge_run(run_dir: str | Path) -> dict:
     """The last certificate judged, and under ``"best"`` the best certified pair's (what a run with
     ``final_policy: best`` delivers; None if the run kept none)."""
-    blob, cfg = _load_checkpoint(run_dir)
+    from crabs.loop import CRABS
+
+    cfg, blob = CRABS.read_run(run_dir)
     if cfg.task not in ("upright", "tilt"):
         raise ValueError(f"ground truth exists only for the 2-D pendulum tasks, not {cfg.task!r}")
     best = _barrier(cfg, blob, "best")

@@ -29,17 +29,17 @@ import torch
 
 from crabs.barrier import Barrier, CertificateTrainer, fit_certificate
 from crabs.buffer import ReplayBuffer
-from crabs.certify import Certifier
+from crabs.certify import Certifier, uniform_violations
 from crabs.config import Config
-from crabs.dynamics import DynamicsTrainer, Ensemble, model_safe_rollouts, prediction_error
+from crabs.dynamics import DynamicsTrainer, model_safe_rollouts, prediction_error
 from crabs.explore import CheckedActor, SafeguardedActor, StartupActor
 from crabs.mala import Adversary
 from crabs.rollout import Step, mean_actor, run_episode
 from crabs.runs import Runner
 from crabs.sac import ConstrainedSAC
 from crabs.safety import EpochPlan, SafetyState, next_dilation
-from crabs.states import certified_samples, uniform, uniform_violations, volume_on
-from crabs.system import System
+from crabs.states import certified_samples, uniform, volume_on
+from crabs.system import System, make_barrier, make_model
 
 AUDIT_SAMPLES = 20000
 """Uniform states behind the certified volume, the uniform audit and the regrowth's volume test."""
@@ -51,19 +51,6 @@ def lap(timer: dict, name: str):
     t0 = time.time()
     yield
     timer[f"t_{name}"] = round(time.time() - t0, 2)
-
-
-def build_model(system: System, cfg: Config) -> Ensemble:
-    """The calibrated ensemble for ``system`` (seeing saturated actions where the system declares a
-    saturation and ``dynamics.saturate_actions`` is on)."""
-    model = Ensemble(system.spec.dim, system.initial_policy.act_dim, cfg.dynamics)
-    if cfg.dynamics.saturate_actions:
-        model.action_bound = system.action_bound
-    return model
-
-
-def build_barrier(system: System, cfg: Config) -> Barrier:
-    return Barrier.for_box(system.spec, cfg.barrier, system.state_low, system.state_high)
 
 
 class CRABS(Runner):
@@ -80,9 +67,9 @@ class CRABS(Runner):
         self.tgen = torch.Generator().manual_seed(cfg.seed + 1)
         self.policy = copy.deepcopy(system.initial_policy).train()
         self.buffer = ReplayBuffer(system.spec.dim, self.policy.act_dim)
-        self.model = build_model(system, cfg)
+        self.model = make_model(system, cfg)
         self.dyn = DynamicsTrainer(self.model, cfg.dynamics)
-        self.h = build_barrier(system, cfg)
+        self.h = make_barrier(system, cfg)
         self.cert = CertificateTrainer(self.h, cfg.barrier)
         self.sac = ConstrainedSAC(self.policy, cfg.sac, system.reward)
         self.adv = Adversary(system.state_low, system.state_high, cfg.mala, seed=cfg.seed + 2)
@@ -131,7 +118,7 @@ class CRABS(Runner):
         return volume_on(self.h, self.box_samples(n))
 
     def uniform_violations(self, n: int = AUDIT_SAMPLES) -> float:
-        """The fraction of uniform certified states with U > 0 under the model (states.py)."""
+        """The fraction of uniform certified states with U > 0 under the model (certify.py)."""
         return uniform_violations(self.h, self.model, self.policy, self.certified_samples(self.h, n))
 
     def reference_states(self, h_prev: Barrier | None) -> torch.Tensor | None:
@@ -530,7 +517,7 @@ class CRABS(Runner):
         last_return = next((r["eval_return"] for r in reversed(self.rows) if "eval_return" in r), None)
         last_certified = self.certified  # before the best pair, if delivered, is loaded
         policy_epoch = self.adopt_final_policy()
-        self.folder.save_policy(*self.delivered_policy(policy_epoch))
+        self.save_policy(epoch=policy_epoch)
         final = self.evaluate()
         self.write_metrics()
         return self.summary(

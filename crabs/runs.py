@@ -161,13 +161,21 @@ class RunDir:
         return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
 
     def save_policy(self, policy, state: dict, meta: dict) -> None:
-        """checkpoints/policy.pt: a policy network's shape, weights and what it is."""
+        """checkpoints/policy.pt: a policy network's shape, the weights ``state`` and what it is."""
+        from crabs.initial import save_policy
+
         self.checkpoints.mkdir(parents=True, exist_ok=True)
-        torch.save({"spec": policy.spec(), "state_dict": state, "meta": meta}, self.checkpoints / "policy.pt")
+        save_policy(policy, self.checkpoints / "policy.pt", state=state, **meta)
 
 
 def _system_name(system) -> str:
-    return get_task(system).name if isinstance(system, str) else system.name
+    """A System's name, or a task name (a built-in task's in its own spelling)."""
+    if not isinstance(system, str):
+        return system.name
+    try:
+        return get_task(system).name
+    except ValueError:   # a user System's name, as a resumed run's config gives it
+        return system
 
 
 class Runner:
@@ -229,12 +237,12 @@ class Runner:
             data = folder.read_config()
             found = data.get("algorithm", "crabs") if isinstance(data, dict) else "?"
             if found != cls.algorithm:
-                raise ValueError(f"{str(out)!r} holds a {found} run, not {cls.algorithm}")
+                raise ValueError(f"{str(folder)!r} holds a {found} run, not {cls.algorithm}")
             cfg = cls.config_cls.from_dict(data)
             system = cfg.task if system is None else system
             name = _system_name(system)
             if name != cfg.task:
-                raise ValueError(f"{str(out)!r} holds a run of task {cfg.task!r}, not {name!r}")
+                raise ValueError(f"{str(folder)!r} holds a run of task {cfg.task!r}, not {name!r}")
             if changes:
                 cfg = cfg.replace(**changes)
                 folder.write_config(cfg)
@@ -244,7 +252,7 @@ class Runner:
                 if progress:
                     from tqdm.auto import tqdm
 
-                    tqdm.write(f"{str(out)!r} {message}")
+                    tqdm.write(f"{str(folder)!r} {message}")
                 return folder, cfg, None, done
         else:
             if system is None:
@@ -277,6 +285,35 @@ class Runner:
     def make_plots(self) -> None:
         self.plot_progress()
 
+    @classmethod
+    def check_checkpoint(cls, d: dict, system_name: str) -> None:
+        """Refuse a checkpoint of another algorithm, of a version this release does not read, or of
+        another system."""
+        version, algorithm = d.get("version"), d.get("algorithm", "crabs")
+        if algorithm != cls.algorithm or (version != cls.version and version not in cls.accepts):
+            raise ValueError(f"checkpoint is not from a {cls.algorithm} run of a version this release "
+                             f"reads (algorithm {algorithm!r}, version {version})")
+        if d["system"] != system_name:
+            raise ValueError(f"checkpoint is from task {d['system']!r}, not {system_name!r}")
+
+    @classmethod
+    def read_run(cls, out: str | os.PathLike, why: str = "") -> tuple:
+        """A finished or interrupted run of this algorithm, read without building a runner: its
+        config and its last checkpoint (weights only), checked against each other (``why`` ends the
+        message refusing another algorithm's run)."""
+        folder = RunDir(out)
+        if not (folder.path / CONFIG).exists() or not (folder.checkpoints / "last.pt").exists():
+            raise FileNotFoundError(f"{str(folder)!r} holds no {cls.label} checkpoint (config.yaml, "
+                                    "checkpoints/last.pt)")
+        data = folder.read_config()
+        found = data.get("algorithm", "crabs") if isinstance(data, dict) else "?"
+        if found != cls.algorithm:
+            raise ValueError(f"{str(folder)!r} holds a {found} run, not {cls.algorithm}{why}")
+        cfg = cls.config_cls.from_dict(data)
+        blob = folder.load_checkpoint()
+        cls.check_checkpoint(blob, cfg.task)
+        return cfg, blob
+
     # -- the subclass's part ----------------------------------------------------------------------
     def generators(self) -> dict[str, torch.Generator]:
         return {}
@@ -304,12 +341,7 @@ class Runner:
                 "rng": rng, **self.extra_state()}
 
     def load_state_dict(self, d: dict) -> None:
-        version, algorithm = d.get("version"), d.get("algorithm", "crabs")
-        if algorithm != self.algorithm or (version != self.version and version not in self.accepts):
-            raise ValueError(f"checkpoint is not from a {self.algorithm} run of a version this release "
-                             f"reads (algorithm {algorithm!r}, version {version})")
-        if d["system"] != self.sys.name:
-            raise ValueError(f"checkpoint is from task {d['system']!r}, not {self.sys.name!r}")
+        self.check_checkpoint(d, self.sys.name)
         self.counters = MonitorCounters(**d["counters"])
         self.rows = list(d["rows"] if "rows" in d else d["log"])   # "log": CRABS checkpoints of version 2
         self._rows_at_start = len(self.rows)
@@ -326,8 +358,9 @@ class Runner:
         self.save_policy()
         return path
 
-    def save_policy(self) -> None:
-        self.folder.save_policy(*self.delivered_policy())
+    def save_policy(self, **which) -> None:
+        """checkpoints/policy.pt: ``delivered_policy(**which)``."""
+        self.folder.save_policy(*self.delivered_policy(**which))
 
     def resume(self) -> bool:
         """Continue from checkpoints/last.pt if there is one (returns whether there was); either way

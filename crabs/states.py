@@ -1,13 +1,11 @@
 """States of the system's box and of the certified set C_h = {s : h(s) >= 0}: uniform samples, the
-certified set's bounding box, rejection samples of C_h, its volume, and the uniform audit of R.3
-under the model. Shared by the co-training loop, the adversary (mala.py) and ``crabs verify``.
+certified set's bounding box, rejection samples of C_h and its volume. Shared by the co-training
+loop, the adversary (mala.py), the audit (certify.py) and ``crabs verify``.
 """
 
 from __future__ import annotations
 
 import torch
-
-from crabs.barrier import U
 
 
 def uniform(low: torch.Tensor, high: torch.Tensor, n: int, gen: torch.Generator | None) -> torch.Tensor:
@@ -43,14 +41,3 @@ def certified_samples(h, box: tuple[torch.Tensor, torch.Tensor], n: int,
     """Uniform samples of C_h: the certified ones of n uniform states of ``box`` (rejection)."""
     s = uniform(*box, n, gen)
     return s[h(s) >= 0]
-
-
-@torch.no_grad()
-def uniform_violations(h, model, policy, inside: torch.Tensor) -> float:
-    """An audit of the adversary: the fraction of the uniform certified states ``inside`` where
-    U(s, pi(s), h) > 0 under the model, i.e. where the certificate is not invariant for the model.
-    Alg. 1 should leave this at 0; MALA with few chains can miss whole regions, which this exposes
-    (in 2-D or 4-D uniform sampling is dense enough)."""
-    if len(inside) == 0:
-        return 0.0
-    return float((U(h, model, inside, policy.mean_action(inside)) > 0).float().mean())

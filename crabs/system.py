@@ -58,6 +58,24 @@ class System:
             raise ValueError(f"initial policy expects {self.initial_policy.obs_dim}-D states, spec has {d}")
 
 
+def make_model(system: System, cfg):
+    """The calibrated ensemble (Sec. 4.3) for ``system`` under a CRABS ``Config``: it sees saturated
+    actions where the system declares a saturation and ``dynamics.saturate_actions`` is on."""
+    from crabs.dynamics import Ensemble
+
+    model = Ensemble(system.spec.dim, system.initial_policy.act_dim, cfg.dynamics)
+    if cfg.dynamics.saturate_actions:
+        model.action_bound = system.action_bound
+    return model
+
+
+def make_barrier(system: System, cfg):
+    """The certificate h (Sec. 3) for ``system``'s state box under a CRABS ``Config``."""
+    from crabs.barrier import Barrier
+
+    return Barrier.for_box(system.spec, cfg.barrier, system.state_low, system.state_high)
+
+
 def builtin_system(task: str, hidden=(64, 64), act: str = "relu", **env_kwargs) -> System:
     from crabs.initial import initial_policy
 

@@ -57,36 +57,26 @@ def load_run(run_dir: str | Path, system: System | None = None, which: str = "de
     the training state's pair, the last certified policy acting if the final triple was not
     certified) and its last model, from config.yaml and checkpoints/last.pt (weights only): no
     trainer is built."""
-    from crabs.loop import build_barrier, build_model
-    from crabs.system import builtin_system
+    from crabs.loop import CRABS
+    from crabs.system import builtin_system, make_barrier, make_model
 
     if which not in ("delivered", "last"):
         raise ValueError(f"which must be 'delivered' or 'last', got {which!r}")
-    run = RunDir(run_dir)
-    if not (run.path / "config.yaml").exists() or not (run.checkpoints / "last.pt").exists():
-        raise FileNotFoundError(f"{str(run_dir)!r} holds no CRABS checkpoint (config.yaml, "
-                                "checkpoints/last.pt)")
-    data = run.read_config()
-    if isinstance(data, dict) and data.get("algorithm"):
-        raise ValueError(f"{str(run_dir)!r} holds a {data['algorithm']} run: only CRABS runs have a "
-                         "certificate")
-    cfg = Config.from_dict(data)
+    cfg, blob = CRABS.read_run(run_dir, why=": only CRABS runs have a certificate")
     if system is None:
         system = builtin_system(cfg.task, cfg.sac.hidden, cfg.sac.act)
     elif system.name != cfg.task:
         raise ValueError(f"{str(run_dir)!r} holds a run of {cfg.task!r}, not {system.name!r}")
-    blob = run.load_checkpoint()
-    if blob["system"] != system.name:
-        raise ValueError(f"checkpoint is from task {blob['system']!r}, not {system.name!r}")
     safety = SafetyState.from_checkpoint(blob, cfg.barrier.dilation)
-    model = build_model(system, cfg)
+    model = make_model(system, cfg)
     model.load_state_dict(blob["model"]["model"])
     if cfg.dynamics.support_radius > 0:   # the states the model was trained on, as in training
         buf = blob["buffer"]["s"]
         if len(buf):
-            half = torch.as_tensor((system.state_high - system.state_low) / 2, dtype=torch.float32)
+            low = torch.as_tensor(system.state_low, dtype=torch.float32)
+            half = (torch.as_tensor(system.state_high, dtype=torch.float32) - low) / 2   # as in training
             model.set_support(buf, half, gen=torch.Generator().manual_seed(cfg.seed + 1))
-    h = build_barrier(system, cfg)
+    h = make_barrier(system, cfg)
     h.load_state_dict(blob["barrier"]["h"])
     policy = copy.deepcopy(system.initial_policy)
     policy.load_state_dict(blob["sac"]["policy"])

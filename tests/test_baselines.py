@@ -167,7 +167,7 @@ def test_compare_draws_figure2_and_tabulates(tmp_path, capsys):
     assert main(["compare", str(tmp_path), "--out", str(fig)]) == 2
     assert "is not a run folder" in capsys.readouterr().err
     assert main(["verify", str(tmp_path / "s0")]) == 2   # no certificate to audit
-    assert "holds a sac run: only CRABS runs have a certificate" in capsys.readouterr().err
+    assert "holds a sac run, not crabs: only CRABS runs have a certificate" in capsys.readouterr().err
 
 
 def test_safety_critic_learns_the_discounted_probability_of_a_violation():

@@ -165,8 +165,8 @@ class Learner(Runner):
         """The offline phase (once), then online episodes with an evaluation every ``eval_every``
         of the learner's own steps, until the budget of online steps is spent."""
         cfg = self.cfg
-        started = seg_start = time.time()   # the first row's time includes the offline phase
         self.resume()
+        started = seg_start = time.time()   # the first row's time includes the offline phase
         if not self.offline["done"]:
             # the offline phase comes first, so every step before the online phase is offline (a
             # run that died during it does it again; the earlier steps still count)

@@ -115,25 +115,20 @@ def cmd_baseline(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from pathlib import Path
-
-    import numpy as np
-
+    from crabs.envs import ledger_totals, read_ledger
     from crabs.plots import figure2
+    from crabs.runs import METRICS, RunDir
 
     runs, table = [], []
     for d in args.runs:
-        d = Path(d)
-        if not (d / "metrics.csv").exists() or not (d / "ledger.jsonl").exists():
+        folder = RunDir(d)
+        d = folder.path
+        if not (d / METRICS).exists() or not folder.ledger.exists():
             raise FileNotFoundError(f"{str(d)!r} is not a run folder (no metrics.csv and ledger.jsonl)")
-        info = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
+        info = folder.read_summary() or {}
         if not info:  # an unfinished run: its config names it, the ledger counts it
-            import yaml
-
-            from crabs.envs import ledger_totals, read_ledger
-
-            conf = yaml.safe_load((d / "config.yaml").read_text()) or {}
-            led = read_ledger(d / "ledger.jsonl")
+            conf = folder.read_config() or {}
+            led = read_ledger(folder.ledger)
             info = {"algorithm": conf.get("algorithm", "crabs"), "seed": conf.get("seed"),
                     "task": conf.get("task"), **ledger_totals(led).to_dict(),
                     "offline_violations": ledger_totals(led, tag="offline").violations,

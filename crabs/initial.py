@@ -82,16 +82,67 @@ def controller(task: str) -> Callable[[np.ndarray], np.ndarray]:
     return lambda s: np.clip(-(s @ k), -1.0, 1.0)[..., None] / 3.0
 
 
+def _probe_states(low: np.ndarray, high: np.ndarray, n: int = 16) -> np.ndarray:
+    """``n`` fixed states spread over the box [low, high] (its centre, its two extreme corners and a
+    deterministic low-discrepancy scatter): no random number is drawn, so probing a controller
+    leaves every seeded draw of :func:`distill` as it was."""
+    i = np.arange(n - 3, dtype=np.float64)[:, None]
+    j = np.arange(len(low), dtype=np.float64)[None, :]
+    frac = np.concatenate([np.full((1, len(low)), 0.5), np.zeros((1, len(low))), np.ones((1, len(low))),
+                           np.mod(0.5 + (i + 1) * np.sqrt(2.0 + j), 1.0)])
+    return low + frac * (high - low)
+
+
+def _controller_actions(control: Callable[[np.ndarray], np.ndarray], s: np.ndarray,
+                        act_dim: int | None = None) -> np.ndarray:
+    """``control(s)`` for states ``s`` (n, d) as an (n, k) float64 array; a 1-D output (n,) is one
+    action. A ValueError (one line) for any other shape, a non-finite value or, once the action
+    dimension is known, another number of actions."""
+    n = len(s)
+    raw = control(s)
+    try:
+        out = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"the controller must return an array of numbers, "
+                         f"got {type(raw).__name__}") from None
+    if out.ndim == 1 and out.shape == (n,):
+        out = out[:, None]
+    if out.ndim != 2 or out.shape[0] != n or out.shape[1] == 0:
+        raise ValueError(f"the controller must map states of shape ({n}, {s.shape[1]}) to actions of shape "
+                         f"({n}, k) (or ({n},) for one action), got shape {out.shape}")
+    if act_dim is not None and out.shape[1] != act_dim:
+        raise ValueError(f"the controller returned {out.shape[1]} actions per state, "
+                         f"earlier {act_dim}")
+    if not np.isfinite(out).all():
+        bad = s[~np.isfinite(out).all(axis=1)][0]
+        raise ValueError(f"the controller returned a non-finite action (e.g. at state "
+                         f"{np.round(bad, 4).tolist()}); actions must be finite, in [-1, 1]")
+    return out
+
+
 def distill(control: Callable[[np.ndarray], np.ndarray], low: np.ndarray, high: np.ndarray,
             hidden: Sequence[int] = DEFAULT_HIDDEN, act: str = "relu", steps: int = 4000,
             batch: int = 1024, seed: int = 0) -> TanhGaussianPolicy:
     """Fit tanh(mu(s)) to ``control(s)`` on states uniform in [low, high] (half the batch) and
     Gaussian around 0 (the other half, for precision where the policy will live); log sigma is
-    fitted to the constant INIT_LOG_STD. Pure regression: no environment is touched."""
+    fitted to the constant INIT_LOG_STD. Pure regression: no environment is touched.
+
+    ``control`` maps a batch of float64 states (n, d) to actions (n, k): the policy gets k actions
+    (a 1-D output (n,) is one action). Actions should lie in [-1, 1]; finite values beyond are
+    clipped (the policy's tanh cannot reach them), a non-finite one or an output of another shape
+    raises ValueError. The controller is first called once on fixed probe states of the box (no
+    random draw), so a one-action distillation is the same, weight for weight, as before."""
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    if low.ndim != 1 or low.shape != high.shape:
+        raise ValueError(f"low and high must be 1-D arrays of one length, "
+                         f"got shapes {low.shape} and {high.shape}")
+    if not (np.isfinite(low).all() and np.isfinite(high).all() and (high >= low).all()):
+        raise ValueError(f"the box [low, high] must be finite with high >= low, got {low} and {high}")
+    dim = len(low)
+    act_dim = _controller_actions(control, _probe_states(low, high)).shape[1]
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    dim = len(low)
-    policy = TanhGaussianPolicy(dim, 1, hidden, act)
+    policy = TanhGaussianPolicy(dim, act_dim, hidden, act)
     lo, hi = torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32)
     opt = torch.optim.Adam(policy.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
@@ -99,7 +150,8 @@ def distill(control: Callable[[np.ndarray], np.ndarray], low: np.ndarray, high: 
         u = uniform(lo, hi, batch // 2, gen)
         g = 0.1 * (hi - lo) * torch.randn(batch - batch // 2, dim, generator=gen)
         s = torch.cat([u, g])
-        target = torch.as_tensor(control(s.double().numpy()), dtype=torch.float32)
+        a = _controller_actions(control, s.double().numpy(), act_dim)
+        target = torch.as_tensor(a, dtype=torch.float32)
         target = target.clamp(-0.995, 0.995)
         mu, log_std = policy(s)
         loss = ((torch.tanh(mu) - target) ** 2).mean() + 1e-2 * ((log_std - INIT_LOG_STD) ** 2).mean()

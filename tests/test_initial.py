@@ -69,3 +69,86 @@ def test_startup_noise_of_the_default_configs_is_safe(task, tmp_path):
         run_episode(env, actor)
     env.close()
     assert env.counters.episodes == n and env.counters.violations == 0
+
+
+# -- distill: the action dimension comes from the controller ------------------------------------
+
+# sum of all parameters of distill_task("upright", steps=200), computed with the one-action distill
+# before it learnt to infer the action dimension: a one-action distillation must not change at all
+UPRIGHT_200_FINGERPRINT = 10.979333882900391
+
+
+def _param_sum(policy) -> float:
+    return sum(float(p.detach().double().sum()) for p in policy.parameters())
+
+
+def test_one_action_distill_is_unchanged():
+    from crabs.initial import distill_task
+
+    policy = distill_task("upright", steps=200)
+    assert policy.act_dim == 1
+    assert abs(_param_sum(policy) - UPRIGHT_200_FINGERPRINT) < 1e-6
+
+
+def test_one_dimensional_controller_output_is_one_action():
+    import torch
+
+    from crabs.initial import controller, distill
+
+    low, high = get_task("upright").box()
+    f = controller("upright")
+    a = distill(f, low, high, steps=50)
+    b = distill(lambda s: f(s)[:, 0], low, high, steps=50)  # (n,) instead of (n, 1)
+    assert a.act_dim == b.act_dim == 1
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def _two_action_controller(s):
+    return np.clip(np.stack([-(0.8 * s[:, 0] + 0.3 * s[:, 1]), 0.5 * np.sin(2 * s[:, 0]) - 0.2 * s[:, 2]],
+                            axis=-1), -1.0, 1.0)
+
+
+def test_two_action_controller_gives_a_two_action_policy():
+    import torch
+
+    from crabs.initial import distill
+
+    low, high = np.array([-1.0, -2.0, -1.5]), np.array([1.0, 2.0, 1.5])
+    policy = distill(_two_action_controller, low, high, steps=1500, seed=0)
+    assert policy.obs_dim == 3 and policy.act_dim == 2
+    s = np.random.default_rng(0).uniform(low, high, size=(2000, 3))
+    err = np.abs(mean_actor(policy)(s) - _two_action_controller(s))
+    assert err.shape == (2000, 2)
+    assert err.mean() < 0.03 and err.max() < 0.2, (err.mean(), err.max())
+    with torch.no_grad():  # and it samples two actions
+        a, logp = policy.sample(torch.zeros(5, 3))
+    assert a.shape == (5, 2) and logp.shape == (5,)
+
+
+def _later(bad):
+    """A controller that answers one action of zeros at its first call (the probe), then ``bad``."""
+    calls = []
+
+    def control(s):
+        calls.append(1)
+        return np.zeros((len(s), 1)) if len(calls) == 1 else bad(s)
+
+    return control
+
+
+@pytest.mark.parametrize("control,match", [
+    (lambda s: np.zeros((len(s), 2, 1)), "shape"),
+    (lambda s: 0.0, "shape"),
+    (lambda s: np.zeros(len(s) + 1), "shape"),
+    (lambda s: np.zeros((len(s), 0)), "shape"),
+    (lambda s: np.full((len(s), 1), np.nan), "non-finite"),
+    (_later(lambda s: np.full((len(s), 1), np.inf)), "non-finite"),  # fine at the probe, not in training
+    (_later(lambda s: np.zeros((len(s), 2))), "2 actions per state, earlier 1"),
+    (lambda s: "left", "array of numbers"),
+])
+def test_distill_rejects_a_bad_controller_in_one_line(control, match):
+    from crabs.initial import distill
+
+    with pytest.raises(ValueError, match=match) as e:
+        distill(control, np.array([-1.0, -1.0]), np.array([1.0, 1.0]), steps=20, batch=64)
+    assert "\n" not in str(e.value)

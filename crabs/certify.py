@@ -5,6 +5,15 @@ violating state. Model, certificate and policy are arguments, never read off a t
 "Quiet" is the stop rule of Alg. 1: no chain of the adversary with U + eps > 0 for ``quiet_steps``
 steps, twice in a row, the second window after re-drawing the chains (the release waits 1,000 then
 5,000 steps).
+
+Gated certification (``barrier.audit``, a departure: the paper trusts the quiet adversary). A
+triple counts as certified only if, once the adversary is quiet, an independent audit finds no
+certified state with U + eps > 0 among ``audit_samples`` uniform states of C_h, the adversary's
+chain positions and the replay states that lie in C_h. A found counter-example always blocks: in
+Alg. 1 and the adversarial policy steps it is trained on like the adversary's violators and the
+stop rule starts over; in the check it fails the triple. The uniform part misses a counter-example
+region holding a fraction p of C_h's volume with probability (1 - p)^n: for n = 20,000 and
+p = 1e-3, 2e-9. The audit draws from its own generator, so it changes no other random draw.
 """
 
 from __future__ import annotations
@@ -17,16 +26,43 @@ import torch
 from crabs.barrier import Barrier, CertificateTrainer, U
 from crabs.config import BarrierConfig
 from crabs.mala import Adversary
+from crabs.states import certified_box, certified_states
 
 Update = Callable[[torch.Tensor], None]
 """Called with the violating states W whenever the adversary finds some."""
 
 
 class Certifier:
-    """The adversary (a warm-started MALA pool) and the three procedures run against it."""
+    """The adversary (a warm-started MALA pool), the independent audit, and the three procedures
+    run against them. ``replay()`` gives the states of the data (for the audit), ``audit_gen`` is
+    the audit's own generator."""
 
-    def __init__(self, adv: Adversary, cfg: BarrierConfig, gen: torch.Generator):
+    def __init__(self, adv: Adversary, cfg: BarrierConfig, gen: torch.Generator,
+                 replay: Callable[[], torch.Tensor] | None = None, audit_gen: torch.Generator | None = None):
         self.adv, self.cfg, self.gen = adv, cfg, gen
+        self.replay = replay
+        self.audit_gen = audit_gen if audit_gen is not None else torch.Generator().manual_seed(0)
+        self.catches = 0   # audits that found a counter-example the quiet adversary had missed
+
+    @torch.no_grad()
+    def audit(self, h: Barrier, model, policy) -> torch.Tensor:
+        """The counter-examples the audit finds: certified states with U(s, pi(s), h) + eps > 0
+        among uniform states of C_h, the adversary's chains and the replay states in C_h (empty
+        with ``barrier.audit`` off)."""
+        c, adv = self.cfg, self.adv
+        if not c.audit:
+            return torch.zeros(0, len(adv.low))
+        box = certified_box(h, adv.low, adv.high, adv.cfg.box_samples, adv.cfg.box_scale, self.audit_gen)
+        parts = [certified_states(h, box, c.audit_samples, self.audit_gen)]
+        if adv.state is not None:
+            parts.append(adv.state.x)
+        if self.replay is not None:
+            parts.append(self.replay())
+        s = torch.cat(parts)
+        s = s[h(s) >= 0]
+        w = s[U(h, model, s, policy.mean_action(s)) + c.eps > 0] if len(s) else s
+        self.catches += int(len(w) > 0)
+        return w
 
     def until_quiet(self, h: Barrier, model, policy, max_steps: int, update: Update) -> tuple[bool, int]:
         """Run the adversary, calling ``update(W)`` whenever it finds violating states, until it has
@@ -42,7 +78,13 @@ class Certifier:
                 if quiet >= c.quiet_steps:
                     windows += 1
                     if windows >= 2:
-                        return True, step
+                        found = self.audit(h, model, policy)
+                        if len(found) == 0:
+                            return True, step
+                        quiet, windows = 0, 0   # a counter-example blocks: train on it, start over
+                        update(found)
+                        adv.invalidate()
+                        continue
                     quiet = 0
                     adv.reset(h, model, policy)
                 continue
@@ -90,7 +132,7 @@ class Certifier:
 
     def check(self, h: Barrier, model, policy, steps: int, windows: int = 2) -> bool:
         """Fresh adversaries, no updates: True if none of ``windows`` freshly drawn pools finds a
-        violating state in ``steps`` steps (the test Alg. 1 stops on)."""
+        violating state in ``steps`` steps (the test Alg. 1 stops on) and the audit finds none."""
         eps, adv = self.cfg.eps, self.adv
         for _ in range(windows):
             adv.reset(h, model, policy)
@@ -98,7 +140,7 @@ class Certifier:
                 adv.step(h, model, policy)
                 if len(adv.violators(eps)):
                     return False
-        return True
+        return len(self.audit(h, model, policy)) == 0
 
 
 @torch.no_grad()

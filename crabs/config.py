@@ -112,6 +112,13 @@ class BarrierConfig:
     regrow_samples: int = 4096                 # candidate states drawn near the data per regrowth
     regrow_policy_steps: int = 300             # adversarial policy steps on the grown set before
                                                # Alg. 1 carves back what the policy cannot hold
+    audit: bool = True                         # certified only if, once the adversary is quiet, an
+                                               # independent audit (uniform states of C_h, the
+                                               # chains, the replay states in C_h) finds no state
+                                               # with U + eps > 0 (certify.py); paper: no audit
+    audit_samples: int = 20000                 # uniform states of C_h per audit (and at most this
+                                               # many replay states): a counter-example region of
+                                               # 1e-3 of C_h is missed with probability 2e-9
 
     def validate(self, where: str) -> None:
         if self.on_stuck not in ("rollback", "carry"):
@@ -203,8 +210,21 @@ class ExploreConfig:
     min_std: float = 0.0                       # > 0: floor on pi_expl's pre-tanh noise scale in
                                                # Alg. 3's proposals; paper: none (0)
     min_std_from_epoch: int = 1                # the floor applies from this epoch on (1 = all)
+    fallback: str = "lowest_U"                 # Alg. 3's safeguard when no proposal is certified:
+                                               # "policy", pi(s) (paper), or "lowest_U": the first of
+                                               # pi(s), the last certified policy's and the initial
+                                               # policy's actions certified from s, else the
+                                               # candidate with the lowest U
+    guard_eval: bool = True                    # evaluation episodes act through the same guard
+                                               # (paper: the mean policy, unchecked)
+    stop_on_exit: bool = True                  # a real state outside C_h under a certified triple
+                                               # ends the episode and the epoch's exploration (the
+                                               # model is retrained on it and the triple re-checked
+                                               # before the next real step); paper: no such response
 
     def validate(self, where: str) -> None:
+        if self.fallback not in ("policy", "lowest_U"):
+            raise ValueError(f"{where}.fallback: must be 'policy' or 'lowest_U', got {self.fallback!r}")
         if self.min_std_from_epoch < 1:
             raise ValueError(f"{where}.min_std_from_epoch: must be >= 1, got {self.min_std_from_epoch}")
         for name in ("region_std", "min_std"):
@@ -439,6 +459,7 @@ PAPER = {
     "barrier.quiet_steps": 5000, "mala.chains": 10000, "mala.adapt_rate": 0.01, "sac.hidden": (256, 256),
     "sac.critic_hidden": (256, 256), "barrier.regrow": False, "barrier.box_barrier": False,
     "sac.steps_per_epoch": 2000, "final_policy": "last", "dynamics.saturate_actions": False,
-    "mala.init_step": 1e-3,
+    "mala.init_step": 1e-3, "barrier.audit": False, "explore.fallback": "policy", "explore.guard_eval": False,
+    "explore.stop_on_exit": False,
 }
 """Where the default departs from the paper (value = the paper's). See docs/config.md."""

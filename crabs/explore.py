@@ -19,6 +19,7 @@ sees the actions next to it (Tilt seed 3, bench/RESULTS.md).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,10 +40,15 @@ class ExploreResult:
 def safeguarded_action(s: np.ndarray, policy, h, model, n: int = 100, noise_decay: bool = True,
                        uniform: bool = False, noise_scale: float = 1.0,
                        gen: torch.Generator | None = None, region_std: float = 0.0,
-                       min_std: float = 0.0) -> ExploreResult:
+                       min_std: float = 0.0, fallbacks: Sequence = ()) -> ExploreResult:
     """Algorithm 3 for one state. ``uniform`` draws proposals uniformly from [-1, 1] instead (the
     Swing schedule's random-proposal episodes); ``noise_scale`` widens pi_expl's noise and
-    ``min_std`` floors its pre-tanh scale."""
+    ``min_std`` floors its pre-tanh scale.
+
+    When no proposal is certified the safeguard acts: the paper's is pi(s). With ``fallbacks``
+    (policies: the last certified one, the initial one; ``explore.fallback: lowest_U``) the
+    safeguard is the first of pi(s) and the fallbacks' actions that is certified from s, and if none
+    is, the candidate (proposal or safeguard) with the lowest U."""
     if region_std < 0:
         raise ValueError(f"region_std must be >= 0, got {region_std}")
     if not min_std >= 0:
@@ -64,25 +70,61 @@ def safeguarded_action(s: np.ndarray, policy, h, model, n: int = 100, noise_deca
         i = int(ok[0])
         return ExploreResult(props[i].double().numpy(), False, float(u[i]))
     a = torch.tanh(mu)
-    return ExploreResult(a[0].double().numpy(), True, float(U(h, model, st, a)[0]))
+    if not fallbacks:
+        return ExploreResult(a[0].double().numpy(), True, float(U(h, model, st, a)[0]))
+    safe = torch.cat([a] + [p.mean_action(st) for p in fallbacks])
+    u_safe = U(h, model, st.expand(len(safe), -1), safe)
+    j = int(torch.nonzero(u_safe <= 0).flatten()[0]) if bool((u_safe <= 0).any()) else None
+    if j is not None:
+        return ExploreResult(safe[j].double().numpy(), True, float(u_safe[j]))
+    allu, alla = torch.cat([u_safe, u]), torch.cat([safe, props])   # none certified: the lowest U
+    j = int(allu.argmin())
+    return ExploreResult(alla[j].double().numpy(), True, float(allu[j]))
+
+
+@torch.no_grad()
+def guarded_action(s: np.ndarray, candidates: Sequence, h, model) -> ExploreResult:
+    """Defence in depth for a policy that acts without proposals (evaluation): the first of the
+    candidate policies' mean actions (the acting policy's first) that is certified from s, else
+    the one with the lowest U. ``safeguard`` is True when it is not the first candidate's."""
+    st = torch.as_tensor(s, dtype=torch.float32)[None]
+    acts = torch.cat([p.mean_action(st) for p in candidates])
+    u = U(h, model, st.expand(len(acts), -1), acts)
+    ok = torch.nonzero(u <= 0).flatten()
+    j = int(ok[0]) if len(ok) else int(u.argmin())
+    return ExploreResult(acts[j].double().numpy(), j > 0, float(u[j]))
 
 
 # -- the actors of CRABS's real episodes (crabs.rollout.run_episode) ----------------------------
 class SafeguardedActor:
     """Alg. 3 at every step: the first proposal the model keeps in C_h, else the safeguard's
     action. ``kind`` "uniform" draws the proposals uniformly (Swing's schedule), ``noise_scale``
-    widens pi_expl's noise, ``min_std`` floors it (``explore`` section of the config)."""
+    widens pi_expl's noise, ``min_std`` floors it (``explore`` section of the config);
+    ``fallbacks`` are the safeguard's other candidate policies (see :func:`safeguarded_action`)."""
 
     def __init__(self, policy, h, model, cfg, kind: str = "policy", noise_scale: float = 1.0,
-                 min_std: float = 0.0, gen: torch.Generator | None = None):
+                 min_std: float = 0.0, gen: torch.Generator | None = None, fallbacks: Sequence = ()):
         self.policy, self.h, self.model, self.cfg = policy, h, model, cfg
         self.uniform, self.noise_scale, self.min_std, self.gen = kind == "uniform", noise_scale, min_std, gen
+        self.fallbacks = fallbacks
 
     def __call__(self, s: np.ndarray):
         c = self.cfg
         res = safeguarded_action(s, self.policy, self.h, self.model, c.n, c.noise_decay, uniform=self.uniform,
                                  noise_scale=self.noise_scale, gen=self.gen, region_std=c.region_std,
-                                 min_std=self.min_std)
+                                 min_std=self.min_std, fallbacks=self.fallbacks)
+        return Decision(res.action, res.safeguard, res.U)
+
+
+class GuardedActor:
+    """A policy acting without proposals (evaluation), guarded at every step by
+    :func:`guarded_action` over ``candidates`` (the acting policy first)."""
+
+    def __init__(self, candidates: Sequence, h, model):
+        self.candidates, self.h, self.model = list(candidates), h, model
+
+    def __call__(self, s: np.ndarray):
+        res = guarded_action(s, self.candidates, self.h, self.model)
         return Decision(res.action, res.safeguard, res.U)
 
 

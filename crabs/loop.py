@@ -32,7 +32,7 @@ from crabs.buffer import ReplayBuffer
 from crabs.certify import Certifier, uniform_violations
 from crabs.config import Config
 from crabs.dynamics import DynamicsTrainer, model_safe_rollouts, prediction_error
-from crabs.explore import CheckedActor, SafeguardedActor, StartupActor
+from crabs.explore import CheckedActor, GuardedActor, SafeguardedActor, StartupActor
 from crabs.mala import Adversary
 from crabs.rollout import Step, mean_actor, run_episode
 from crabs.runs import Runner
@@ -73,7 +73,8 @@ class CRABS(Runner):
         self.cert = CertificateTrainer(self.h, cfg.barrier)
         self.sac = ConstrainedSAC(self.policy, cfg.sac, system.reward)
         self.adv = Adversary(system.state_low, system.state_high, cfg.mala, seed=cfg.seed + 2)
-        self.certifier = Certifier(self.adv, cfg.barrier, self.tgen)
+        self.audit_gen = torch.Generator().manual_seed(cfg.seed + 3)
+        self.certifier = Certifier(self.adv, cfg.barrier, self.tgen, self.audited_replay, self.audit_gen)
         self.low = torch.as_tensor(system.state_low, dtype=torch.float32)
         self.high = torch.as_tensor(system.state_high, dtype=torch.float32)
         self.epoch = 0
@@ -104,6 +105,17 @@ class CRABS(Runner):
 
     def check_certified(self, steps: int) -> bool:
         return self.certifier.check(self.h, self.model, self.policy, steps)
+
+    def audited_replay(self) -> torch.Tensor:
+        """The data's states (s and s') for the audit: all of them, or, beyond ``audit_samples``,
+        the most recent half of that many and a random half of the rest (where the policy goes now,
+        and where it went)."""
+        n, d = self.cfg.barrier.audit_samples, self.buffer.all()
+        s = torch.cat([d["s"], d["s2"]])
+        if len(s) <= n:
+            return s
+        recent = torch.cat([d["s"][-(n // 4):], d["s2"][-(n // 4):]])
+        return torch.cat([recent, s[torch.randint(len(s), (n - len(recent),), generator=self.audit_gen)]])
 
     # -- samples of the box and of C_h ----------------------------------------------------------
     def box_samples(self, n: int = AUDIT_SAMPLES) -> torch.Tensor:
@@ -139,58 +151,85 @@ class CRABS(Runner):
         return s if len(s) else None
 
     # -- real episodes --------------------------------------------------------------------------
-    def episode(self, env, actor, label: str = "") -> tuple:
-        """One real episode, every transition stored; a step whose action the model put inside C_h
-        (U <= 0) but whose real next state lies outside is a *model failure*, counted and written
-        to the ledger with U, h and the transition."""
-        failures = 0
+    def episode(self, env, actor, label: str = "", guarded: bool = False) -> tuple:
+        """One real episode, every transition stored. A step whose action was checked (U known) and
+        whose real next state lies outside C_h is written to the ledger with U, h, what acted and
+        the transition: a *model failure* if the model had put it inside (U <= 0), else an *exit*
+        (no certified action was left). With ``guarded`` (a certified triple acting) and
+        ``explore.stop_on_exit`` such a state ends the episode: nothing is certified from there.
+        Returns (the episode, model failures, exits)."""
+        failures, exits = 0, 0
+        stop = guarded and self.cfg.explore.stop_on_exit
 
-        def on_step(st: Step) -> None:
-            nonlocal failures
+        def on_step(st: Step) -> bool:
+            nonlocal failures, exits
             self.buffer.add(st.s, st.decision.action, st.r, st.s2, st.cost)
             u = st.decision.U
-            if u is not None and u <= 0:
-                with torch.no_grad():
-                    h2 = float(self.h(torch.as_tensor(st.s2, dtype=torch.float32)))
-                    if h2 < 0:
-                        failures += 1
-                        env.note("model_failure", kind=label, U=u, safeguard=bool(st.decision.safeguard),
-                                 h_next=h2, h_state=float(self.h(torch.as_tensor(st.s, dtype=torch.float32))),
-                                 state=np.asarray(st.s).tolist(),
-                                 action=np.asarray(st.decision.action).reshape(-1).tolist(),
-                                 next_state=np.asarray(st.s2).tolist())
+            if u is None:
+                return False
+            with torch.no_grad():
+                h2 = float(self.h(torch.as_tensor(st.s2, dtype=torch.float32)))
+            if h2 >= 0:
+                return False
+            failures, exits = failures + int(u <= 0), exits + int(u > 0)
+            with torch.no_grad():
+                h1 = float(self.h(torch.as_tensor(st.s, dtype=torch.float32)))
+            env.note("model_failure" if u <= 0 else "exit_C_h", kind=label, U=u,
+                     safeguard=bool(st.decision.safeguard), h_next=h2, h_state=h1,
+                     state=np.asarray(st.s).tolist(), next_state=np.asarray(st.s2).tolist(),
+                     action=np.asarray(st.decision.action).reshape(-1).tolist(), stopped=stop)
+            return stop
 
-        return run_episode(env, actor, on_step), failures
+        return run_episode(env, actor, on_step), failures, exits
 
-    def safe_actor(self) -> CheckedActor:
-        """The last certified policy (what acts while the triple is not certified)."""
+    def policy_net(self, state: dict):
+        """A policy network holding the weights ``state``."""
         policy = copy.deepcopy(self.policy)
-        policy.load_state_dict(self.safety.safe_policy)
-        return CheckedActor(policy, self.h, self.model)
+        policy.load_state_dict(state)
+        return policy
+
+    def safe_actor(self):
+        """What acts while the triple is not certified: the last certified policy, checked against
+        h (with ``explore.fallback: lowest_U``, guarded by the initial policy too)."""
+        safe = self.policy_net(self.safety.safe_policy)
+        if self.cfg.explore.fallback == "lowest_U":
+            return GuardedActor([safe, self.sys.initial_policy], self.h, self.model)
+        return CheckedActor(safe, self.h, self.model)
+
+    def fallbacks(self) -> list:
+        """The safeguard's other candidates (``explore.fallback: lowest_U``): the last certified
+        policy and the initial one."""
+        if self.cfg.explore.fallback != "lowest_U":
+            return []
+        return [self.policy_net(self.safety.safe_policy), self.sys.initial_policy]
 
     def collect(self) -> dict:
         """Alg. 2 line 3: the epoch's exploration episodes, with Alg. 3 while the triple is certified
-        (else the last certified policy acts)."""
+        (else the last certified policy acts). An episode that left C_h ends the phase
+        (``explore.stop_on_exit``)."""
         ec = self.cfg.explore
         plan = ([("uniform", 1.0)] * ec.uniform_episodes + [("policy", 1.0)] * ec.episodes_per_epoch
                 + [("policy", 2.0)] * ec.noisy_episodes)
         explore_ok = self.certified
         min_std = ec.min_std if self.epoch + 1 >= ec.min_std_from_epoch else 0.0
         fallback = None if explore_ok else self.safe_actor()
+        others = self.fallbacks() if explore_ok else []
         n0 = len(self.buffer)
-        eps, failures = [], 0
+        eps, failures, exits = [], 0, 0
         env = self.env("explore")
         try:
             for kind, scale in plan:
                 if explore_ok:
                     actor = SafeguardedActor(self.policy, self.h, self.model, ec, kind, scale, min_std,
-                                             self.tgen)
+                                             self.tgen, others)
                     label = "uniform" if kind == "uniform" else f"policy, noise x{scale:g}"
                 else:
                     actor, label = fallback, "last certified policy"
-                ep, fails = self.episode(env, actor, label)
+                ep, fails, out = self.episode(env, actor, label, guarded=explore_ok)
                 eps.append(ep)
-                failures += fails
+                failures, exits = failures + fails, exits + out
+                if out and explore_ok and ec.stop_on_exit:
+                    break
         finally:
             env.close()
         new = self.buffer.index(np.arange(n0, len(self.buffer)))
@@ -198,20 +237,28 @@ class CRABS(Runner):
         steps = sum(e.length for e in eps)
         return {"explore_return": float(np.mean([e.ret for e in eps])),
                 "safeguard_rate": sum(e.safeguards for e in eps) / max(steps, 1),
-                "model_failures": failures, "model_rmse": err["rmse"], "model_outside": err["outside_box"]}
+                "model_failures": failures, "exits_C_h": exits, "explore_episodes": len(eps),
+                "model_rmse": err["rmse"], "model_outside": err["outside_box"]}
 
     def evaluate(self) -> dict:
-        """One episode of the acting policy's mean action from s0 (real steps: counted)."""
-        act = mean_actor(self.policy) if self.certified else self.safe_actor().act
+        """One episode of the acting policy's mean action from s0 (real steps: counted), guarded
+        like exploration (``explore.guard_eval``)."""
+        if not self.cfg.explore.guard_eval:
+            act = mean_actor(self.policy if self.certified else self.policy_net(self.safety.safe_policy))
+        elif self.certified:
+            act = GuardedActor([self.policy, *self.fallbacks()], self.h, self.model)
+        else:
+            act = self.safe_actor()
         env = self.env("eval")
         try:
-            ep, _ = self.episode(env, act)
+            ep, fails, exits = self.episode(env, act, "eval", guarded=self.certified)
         finally:
             env.close()
         self.last_eval_states = ep.states
         with torch.no_grad():  # where the evaluated policy ends up, and how close to C_h's edge
             hv = self.h(torch.as_tensor(ep.states, dtype=torch.float32))
-        return {"eval_return": ep.ret, "eval_length": ep.length,
+        return {"eval_return": ep.ret, "eval_length": ep.length, "eval_guarded": ep.safeguards,
+                "eval_model_failures": fails, "eval_exits_C_h": exits,
                 "eval_end_h": float(hv[-1]), "eval_min_h": float(hv.min()),
                 "eval_end_state": " ".join(f"{x:.4g}" for x in ep.states[-1])}
 
@@ -395,7 +442,7 @@ class CRABS(Runner):
         """One epoch of Algorithm 2."""
         row: dict = {"epoch": self.epoch + 1}
         timer: dict = {}
-        start = time.time()
+        start, catches = time.time(), self.certifier.catches
         with lap(timer, "collect"):
             row.update(self.collect())                                   # line 3: Alg. 3
         with lap(timer, "model"):
@@ -414,6 +461,8 @@ class CRABS(Runner):
             row.update(certified_volume=self.certified_volume(), uniform_violations=self.uniform_violations(),
                        env_steps=self.counters.env_steps, episodes=self.counters.episodes,
                        violations=self.counters.violations)
+        # audits that found a counter-example the quiet adversary had missed
+        row.update(audit_catches=self.certifier.catches - catches)
         row.update(timer, epoch_s=round(time.time() - start, 2))
         self.epoch += 1
         return row
@@ -421,16 +470,19 @@ class CRABS(Runner):
     # -- what the run delivers ------------------------------------------------------------------
     def keep_if_best(self, epoch: int, ret: float) -> None:
         """Remember the evaluated (policy, h) pair if it is certified and the best so far."""
-        self.safety.offer_best(epoch, ret, self.policy.state_dict(), self.h.state_dict())
+        self.safety.offer_best(epoch, ret, self.policy.state_dict(), self.h.state_dict(),
+                               self.model.state_dict())
 
     def adopt_final_policy(self) -> int:
-        """With ``final_policy: best``, load the best certified pair into the policy and h (for the
-        final evaluation, policy.pt and the plots; last.pt keeps the training state). Returns the
-        epoch whose policy is delivered."""
+        """With ``final_policy: best``, load the best certified pair and the model it was certified
+        under (for the final evaluation, policy.pt and the plots; last.pt keeps the training state).
+        Returns the epoch whose policy is delivered."""
         epoch, best = self.safety.delivered(self.cfg.final_policy, self.epoch)
-        if best is not None:
+        if best is not None:   # the pair, with the model it was certified under
             self.policy.load_state_dict(best["policy"])
             self.h.load_state_dict(best["h"])
+            if "model" in best:
+                self.model.load_state_dict(best["model"])
             self.safety.certified = True
             self.adv.invalidate()
         return epoch
@@ -444,7 +496,7 @@ class CRABS(Runner):
 
     # -- checkpoints ----------------------------------------------------------------------------
     def generators(self) -> dict[str, torch.Generator]:
-        return {"tgen": self.tgen, "adv": self.adv.gen}
+        return {"tgen": self.tgen, "adv": self.adv.gen, "audit": self.audit_gen}
 
     def extra_state(self) -> dict:
         return {"epoch": self.epoch, **self.safety.to_dict(), "model": self.dyn.state_dict(),

@@ -350,7 +350,8 @@ class Runner:
         set_rng_state(self.rng, r)
         torch.set_rng_state(r["torch"])
         for k, g in self.generators().items():
-            g.set_state(r[k])
+            if k in r:   # (a generator newer than the checkpoint keeps its seed)
+                g.set_state(r[k])
 
     def save(self) -> Path:
         """checkpoints/last.pt (atomically) and policy.pt."""

@@ -61,7 +61,8 @@ class SafetyState:
     safe_policy: dict              # the last certified policy's weights (what acts while uncertified)
     safe_policy_epoch: int = 0     # its epoch (0: the given initial policy)
     certified: bool = False        # the current triple passed the last check
-    best: dict | None = None       # the best certified pair: {"epoch", "return", "policy", "h"}
+    best: dict | None = None       # the best certified pair: {"epoch", "return", "policy", "h",
+                                   # "model" (the model it was certified under)}
     dilation: float = 0.3          # the next regrowth's dilation (regrow_mode "dilate")
 
     def acting_epoch(self, epoch: int) -> int:
@@ -78,15 +79,19 @@ class SafetyState:
         self.safe_policy = copy.deepcopy(policy_state)
         self.safe_policy_epoch = int(epoch)
 
-    def offer_best(self, epoch: int, ret: float, policy_state: dict, h_state: dict) -> bool:
-        """Keep the evaluated pair if the evaluation ran the current policy certified by the current
-        h and its return is the highest so far; returns whether it was kept."""
+    def offer_best(self, epoch: int, ret: float, policy_state: dict, h_state: dict,
+                   model_state: dict | None = None) -> bool:
+        """Keep the evaluated pair (with the model it was certified under) if the evaluation ran the
+        current policy certified by the current h and its return is the highest so far; returns
+        whether it was kept."""
         if not self.certified or not np.isfinite(ret):
             return False
         if self.best is not None and ret <= self.best["return"]:
             return False
         self.best = {"epoch": int(epoch), "return": float(ret), "policy": copy.deepcopy(policy_state),
                      "h": copy.deepcopy(h_state)}
+        if model_state is not None:
+            self.best["model"] = copy.deepcopy(model_state)
         return True
 
     def delivered(self, final_policy: str, epoch: int) -> tuple[int, dict | None]:

@@ -41,3 +41,17 @@ def certified_samples(h, box: tuple[torch.Tensor, torch.Tensor], n: int,
     """Uniform samples of C_h: the certified ones of n uniform states of ``box`` (rejection)."""
     s = uniform(*box, n, gen)
     return s[h(s) >= 0]
+
+
+@torch.no_grad()
+def certified_states(h, box: tuple[torch.Tensor, torch.Tensor], n: int, gen: torch.Generator | None,
+                     tries: int = 50) -> torch.Tensor:
+    """n states uniform in C_h (fewer if C_h is too small a part of ``box`` to find n in ``tries``
+    rounds of n uniform states of the box): rejection sampling until n are certified."""
+    pts, k = [], 0
+    for _ in range(tries):
+        pts.append(certified_samples(h, box, n, gen))
+        k += len(pts[-1])
+        if k >= n:
+            break
+    return torch.cat(pts)[:n]

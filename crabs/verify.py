@@ -14,7 +14,8 @@ tools independent of those that trained it.
 * For the 2-D pendulum tasks, the oracle's judgement: certified states that are not viable.
 
 It checks the (policy, h) pair the run delivers (``which="delivered"``, the ``final_policy`` pair)
-or the training state's (``"last"``); U is always under the run's last model, the only one saved.
+or the training state's (``"last"``). U is under the model the pair was certified under: the delivered
+pair's own (saved with it; runs from before that was saved: the last model), or the last model.
 """
 
 from __future__ import annotations
@@ -83,9 +84,11 @@ def load_run(run_dir: str | Path, system: System | None = None, which: str = "de
     epochs = int(blob["epoch"])
     pair_epoch, best = safety.delivered(cfg.final_policy, epochs) if which == "delivered" else \
         (safety.acting_epoch(epochs), None)
-    if best is not None:
+    if best is not None:   # the delivered pair, under the model it was certified under
         policy.load_state_dict(best["policy"])
         h.load_state_dict(best["h"])
+        if "model" in best:
+            model.load_state_dict(best["model"])
     elif not safety.certified:   # the last certified policy is the one that acts
         policy.load_state_dict(safety.safe_policy)
     return RunPair(system, cfg, policy.eval(), h.eval(), model.eval(), epochs, pair_epoch, safety.certified)

@@ -225,7 +225,8 @@ def test_fallback_policy_follows_the_last_certified_policy(tmp_path):
     from crabs.rollout import mean_actor
     from crabs.system import builtin_system
 
-    c = CRABS(builtin_system("upright"), Config.from_dict(TINY), tmp_path, progress=False)
+    cfg = Config.from_dict({**TINY, "explore": {"fallback": "policy"}})   # the last certified policy alone
+    c = CRABS(builtin_system("upright"), cfg, tmp_path, progress=False)
     s = np.array([0.3, -0.9])
     a0 = c.safe_actor()(s).action
     new = {k: v + 0.5 for k, v in c.policy.state_dict().items()}
@@ -535,10 +536,11 @@ def test_model_failures_are_counted_and_written_to_the_ledger(tmp_path):
     us = iter([-0.5, None, 0.3] * 1000)
     act = mean_actor(crabs.policy)
     env = crabs.env("explore")
-    ep, failures = crabs.episode(env, lambda s: Decision(act(s), False, next(us)), label="uniform")
+    ep, failures, exits = crabs.episode(env, lambda s: Decision(act(s), False, next(us)), label="uniform")
     env.close()
     expected = len(range(0, ep.length, 3))
     assert failures == expected > 0
+    assert exits == len(range(2, ep.length, 3))      # U > 0 and outside: an exit, not a failure
     notes = [r for r in read_ledger(tmp_path / "ledger.jsonl") if r["event"] == "model_failure"]
     assert len(notes) == expected
     assert notes[0]["U"] == -0.5 and notes[0]["h_next"] == -1.0 and notes[0]["tag"] == "explore"

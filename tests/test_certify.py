@@ -1,0 +1,154 @@
+"""Gated certification (a found counter-example always blocks) and defence in depth at every real
+step (the guards of exploration and evaluation, the response to a state outside C_h)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from crabs.barrier import Barrier
+from crabs.certify import Certifier
+from crabs.config import BarrierConfig, MALAConfig
+from crabs.envs import SafetySpec, read_ledger
+from crabs.explore import guarded_action, safeguarded_action
+from crabs.mala import Adversary
+
+SPEC = SafetySpec(state_names=("x", "v"), limits={"x": 1.0}, s0=(0.0, 0.0), horizon=50)
+LOW, HIGH = np.array([-1.0, -1.0]), np.array([1.0, 1.0])
+
+
+class BumpModel(torch.nn.Module):
+    """A toy T-hat: every state moves half-way to 0 (C_h is invariant with room to spare) except in
+    a small square ``bump`` (a planted counter-example region), from where every member throws the
+    state out of the safe set."""
+
+    def __init__(self, bump=None):
+        super().__init__()
+        self.bump = bump
+
+    def means(self, s, a):
+        nxt = 0.5 * s
+        if self.bump is not None:
+            (x0, x1), (v0, v1) = self.bump
+            inside = (s[..., 0] > x0) & (s[..., 0] < x1) & (s[..., 1] > v0) & (s[..., 1] < v1)
+            nxt[..., 0] = torch.where(inside, torch.full_like(s[..., 0], 3.0), nxt[..., 0])
+        return nxt[None].expand(3, *s.shape)
+
+
+class ZeroPolicy(torch.nn.Module):
+    def __init__(self, value=0.0):
+        super().__init__()
+        self.value = value
+
+    def mean_action(self, s):
+        return torch.full((*s.shape[:-1], 1), self.value)
+
+
+def _certifier(audit: bool, chains: int = 4):
+    cfg = BarrierConfig(hidden=(16,), audit=audit, audit_samples=20000, quiet_steps=3)
+    h = Barrier.for_box(SPEC, cfg, LOW, HIGH)
+    with torch.no_grad():      # f = 0: C_h = {h >= 0} is the box minus B_safe's margin
+        for p in h.parameters():
+            p.zero_()
+    adv = Adversary(LOW, HIGH, MALAConfig(chains=chains), seed=0)
+    return Certifier(adv, cfg, torch.Generator().manual_seed(1)), h
+
+
+def test_a_planted_counter_example_blocks_certification():
+    """A bump of 1e-3 of C_h where U > 0: a tiny adversary misses it, the audit does not."""
+    bump = ((0.30, 0.3316), (0.30, 0.3316))           # 0.0316^2 = 1e-3 of the 2 x 2 box
+    model, policy = BumpModel(bump), ZeroPolicy()
+    quiet, h = _certifier(audit=False)
+    assert quiet.check(h, model, policy, steps=2)      # the adversary alone certifies it
+    gated, h = _certifier(audit=True)
+    assert not gated.check(h, model, policy, steps=2)  # the audit blocks it
+    assert gated.catches == 1
+    clean, h = _certifier(audit=True)
+    assert clean.check(h, BumpModel(None), policy, steps=2) and clean.catches == 0
+
+
+def test_alg1_trains_on_the_audits_counter_examples_and_starts_over():
+    bump = ((0.30, 0.3316), (0.30, 0.3316))
+    c, h = _certifier(audit=True)
+    seen = []
+
+    def update(w):
+        seen.append(w)
+        c.adv.invalidate()
+
+    quiet, steps = c.until_quiet(h, BumpModel(bump), ZeroPolicy(), max_steps=40, update=update)
+    assert not quiet and steps == 40                   # never certified while the bump stands
+    w = torch.cat(seen)
+    assert len(w) > 0
+    assert bool(((w[:, 0] > 0.30) & (w[:, 0] < 0.3316) & (w[:, 1] > 0.30) & (w[:, 1] < 0.3316)).all())
+
+
+def test_the_audit_looks_at_the_replay_states_in_C_h():
+    """A counter-example only where the data lies (too thin for uniform samples) is found there."""
+    bump = ((0.5, 0.5001), (0.5, 0.5001))
+    c, h = _certifier(audit=True)
+    c.cfg = dataclasses.replace(c.cfg, audit_samples=100)
+    assert len(c.audit(h, BumpModel(bump), ZeroPolicy())) == 0
+    c.replay = lambda: torch.tensor([[0.50005, 0.50005], [0.0, 0.0]])
+    w = c.audit(h, BumpModel(bump), ZeroPolicy())
+    assert len(w) == 1 and float(w[0, 0]) > 0.5       # the data state in the bump, not (0, 0)
+
+
+class PushModel(torch.nn.Module):
+    """x' = x + a: an action keeps x in the safe set or pushes it out."""
+
+    def means(self, s, a):
+        nxt = s.clone()
+        nxt[..., 0] = s[..., 0] + a[..., 0]
+        return nxt[None].expand(2, *s.shape)
+
+
+def test_the_guards_take_a_certified_candidate_else_the_lowest_U():
+    cfg = BarrierConfig(hidden=(16,))
+    h = Barrier.for_box(SPEC, cfg, LOW, HIGH)
+    with torch.no_grad():
+        for p in h.parameters():
+            p.zero_()
+    s = np.array([0.5, 0.0])
+    out, back, hold = ZeroPolicy(0.9), ZeroPolicy(-0.3), ZeroPolicy(0.0)
+    r = guarded_action(s, [out, back, hold], h, PushModel())
+    assert r.action[0] == pytest.approx(-0.3) and r.safeguard and r.U <= 0    # the first certified
+    r = guarded_action(s, [out, ZeroPolicy(0.8)], h, PushModel())
+    assert r.action[0] == pytest.approx(0.8) and r.U > 0                      # none: the lowest U
+    r = guarded_action(s, [hold, back], h, PushModel())
+    assert r.action[0] == 0.0 and not r.safeguard                             # the policy's own
+
+    class OutPolicy(torch.nn.Module):   # pi_expl pushes out whatever the noise
+        def forward(self, s):
+            return torch.full((*s.shape[:-1], 1), 3.0), torch.full((*s.shape[:-1], 1), -5.0)
+
+    g = torch.Generator().manual_seed(0)
+    paper = safeguarded_action(s, OutPolicy(), h, PushModel(), n=10, gen=g)
+    assert paper.safeguard and paper.U > 0                  # the paper's safeguard: pi(s), unsafe
+    g = torch.Generator().manual_seed(0)
+    ours = safeguarded_action(s, OutPolicy(), h, PushModel(), n=10, gen=g, fallbacks=[out, back])
+    assert ours.safeguard and ours.U <= 0 and ours.action[0] == pytest.approx(-0.3)
+
+
+def test_a_real_state_outside_C_h_is_ledgered_and_ends_a_guarded_episode(tmp_path):
+    from crabs.config import Config
+    from crabs.loop import CRABS
+    from crabs.rollout import Decision, mean_actor
+    from crabs.system import builtin_system
+
+    cfg = Config.from_dict({"task": "upright", "dynamics": {"hidden": [16]}, "barrier": {"hidden": [16]}})
+    crabs = CRABS(builtin_system("upright"), cfg, tmp_path, progress=False)
+    crabs.h = lambda x: torch.where(x[..., 0] > 0.2, -1.0, 1.0)  # C_h: theta <= 0.2
+    act = mean_actor(crabs.policy)
+    env = crabs.env("explore")
+    us = iter([0.5, -0.5] * 200)   # alternately: U > 0 (an exit), U <= 0 (a model failure)
+    ep, fails, exits = crabs.episode(env, lambda s: Decision(act(s), False, next(us)), "test", guarded=True)
+    assert ep.length == 1 and exits == 1 and fails == 0       # s0 = (0.3, -0.9) is outside already
+    ep, fails, exits = crabs.episode(env, lambda s: Decision(act(s), False, next(us)), "test", guarded=False)
+    env.close()
+    assert ep.length == 200                                   # unguarded: noted, not stopped
+    notes = [r for r in read_ledger(tmp_path / "ledger.jsonl") if r["event"] in ("exit_C_h", "model_failure")]
+    assert notes[0]["event"] == "exit_C_h" and notes[0]["stopped"] is True and notes[0]["U"] == 0.5
+    assert {r["event"] for r in notes[1:]} <= {"exit_C_h", "model_failure"} and not notes[1]["stopped"]
+    assert fails + exits == len(notes) - 1 and crabs.counters.violations == 0

@@ -102,7 +102,8 @@ def main() -> int:
     cfg = Config()
     if args.chains:
         cfg = cfg.replace(mala={"chains": args.chains})
-    print(f"# planted counter-examples: {args.trials} placements each; mala.chains {cfg.mala.chains}, "
+    print(f"# planted counter-examples: {args.trials} placements each; mala.chains "
+          f"{cfg.mala.chains or 'per dim ' + str(cfg.mala.pool(1))}, "
           f"quiet_steps {cfg.barrier.quiet_steps} x 2 pools, audit_samples {cfg.barrier.audit_samples}")
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()}")
     print(f"{'dim':>3s} {'region':>8s} {'fraction':>9s} {'adversary alone':>16s} {'gated (+ audit)':>16s} "

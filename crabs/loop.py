@@ -583,10 +583,14 @@ class CRABS(Runner):
             final_eval_end_h=final["eval_end_h"], final_eval_min_h=final["eval_min_h"],
             mean_return=float(np.mean([r["eval_return"] for r in self.rows if "eval_return" in r])),
             certified_volume=self.certified_volume(), epochs=self.epoch,
-            # exploration steps whose action had U <= 0 (every ensemble member put s' in C_h) and
-            # whose real s' fell outside C_h: a broken link of the guarantee (model calibration)
-            # even when no violation follows
-            model_failures=int(sum(r.get("model_failures", 0) for r in self.rows)),
+            # real steps (exploration and evaluation) whose action had U <= 0 (every ensemble member
+            # put s' in C_h) and whose real s' fell outside C_h: a broken link of the guarantee
+            # (model calibration) even when no violation follows; and steps that left C_h with no
+            # certified action left (U > 0)
+            model_failures=int(sum(r.get("model_failures", 0) + r.get("eval_model_failures", 0)
+                                   for r in self.rows) + final["eval_model_failures"]),
+            exits_C_h=int(sum(r.get("exits_C_h", 0) + r.get("eval_exits_C_h", 0) for r in self.rows)
+                          + final["eval_exits_C_h"]),
             certified=last_certified)
 
 

@@ -131,7 +131,7 @@ class Adversary:
     def reset(self, h, model, policy) -> None:
         """Draw the chains uniformly in the certified box, keeping certified ones (rejection)."""
         self.box = self.certified_box(h)
-        m = self.cfg.chains
+        m = self.cfg.pool(len(self.low))
         pool = self._draw(h, m)
         if len(pool) == 0:
             pool = h.s0[None].clone()

@@ -152,7 +152,7 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
         cert = h(box) >= 0
     unsafe = ~sys.spec.is_safe_torch(box)
     # R.3 under the model: a fresh adversary, and uniform certified states
-    mcfg = dataclasses.replace(cfg.mala, chains=chains_mult * cfg.mala.chains)
+    mcfg = dataclasses.replace(cfg.mala, chains=chains_mult * cfg.mala.pool(sys.spec.dim))
     adv = Adversary(sys.state_low, sys.state_high, mcfg, seed=seed + 7919)
     for _ in range(steps):
         adv.step(h, model, policy)

@@ -39,9 +39,13 @@ def test_smoke_run_is_safe_and_complete(tiny_run):
                 "model_failures"):
         assert key in summary
     assert json.loads((out / "summary.json").read_text()) == summary
-    with open(out / "metrics.csv") as fh:  # the summary's model failures are the epochs' total
+    with open(out / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert summary["model_failures"] == sum(int(r["model_failures"] or 0) for r in rows)
+    # the summary's model failures and exits from C_h are the ledger's: every one is written there
+    led = read_ledger(out / "ledger.jsonl")
+    assert summary["model_failures"] == sum(r["event"] == "model_failure" for r in led)
+    assert summary["exits_C_h"] == sum(r["event"] == "exit_C_h" for r in led)
+    assert summary["model_failures"] >= sum(int(r["model_failures"] or 0) for r in rows)
     # "certified" is the last epoch's check, not the delivered best pair's (which is certified)
     assert summary["certified"] == (rows[-1]["policy_certified"] == "True")
     for f in ("config.yaml", "metrics.csv", "ledger.jsonl", "figure2.png", "figure3.png",

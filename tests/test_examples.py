@@ -153,3 +153,48 @@ def test_strong_controller_is_safe_and_clearly_beats_the_initial_policy(name, sy
     assert strong.ret - init.ret > 0.5 * (abs(strong.ret) + abs(init.ret)), (strong.ret, init.ret)
     for s in PERTURBED[name]:  # the yardstick is safe from the perturbed starts too
         assert not run_controller(mod.make_env, mod.SPEC, mod.strong_controller, s).violated, s
+
+
+def test_state_env_builds_an_env_from_equations():
+    """StateEnv / make_state_env on a 1-D toy x' = x + 0.5 a, r(x) = x, safe |x| <= 1, horizon 5."""
+    from crabs.envs import SafetySpec, StateEnv, make_state_env
+
+    spec = SafetySpec(state_names=("x",), limits={"x": 1.0}, s0=(0.1,), horizon=5)
+
+    def toy_step(s, a):
+        return np.asarray(s, dtype=np.float64) + 0.5 * np.asarray(a, dtype=np.float64)
+
+    def toy_reward(s):
+        return s[..., 0]
+
+    env = make_state_env(spec, toy_step, toy_reward, 1, violation_penalty=7.0)
+    inner = env.unwrapped
+    assert isinstance(inner, StateEnv) and inner.spec_safety is spec
+    assert env.action_space.shape == (1,) and np.isinf(env.observation_space.high).all()
+    s, _ = env.reset()
+    np.testing.assert_array_equal(s, [0.1])
+    s, _ = env.reset(options={"state": [0.4]})
+    np.testing.assert_array_equal(s, [0.4])
+    s, r, term, trunc, info = env.step(np.array([0.2]))
+    np.testing.assert_allclose(s, [0.5])
+    assert r == pytest.approx(0.4) and not term and not trunc and info["cost"] == 0.0  # r of the start
+    env.reset(options={"state": [0.8]})
+    s, r, term, _, info = env.step(np.array([1.0]))
+    assert s[0] == pytest.approx(1.3) and r == -7.0 and term and info["cost"] == 1.0
+    env.reset()
+    ends = [env.step(np.zeros(1))[2:4] for _ in range(spec.horizon)]
+    assert ends == [(False, False)] * (spec.horizon - 1) + [(False, True)]
+    for bad in ([0.1, 0.2], [np.nan]):
+        with pytest.raises(ValueError, match="action must be one finite number, got"):
+            env.step(np.asarray(bad))
+    for k, words in ((2, "two finite numbers"), (3, "three finite numbers")):
+        with pytest.raises(ValueError, match=f"action must be {words}, got"):
+            StateEnv(spec, toy_step, toy_reward, k).step(np.zeros(1))
+    bounded = StateEnv(spec, toy_step, toy_reward, 1, obs_high=[2.0])
+    np.testing.assert_array_equal(bounded.observation_space.high, [2.0])
+    # the examples are built on it, with their own observation bounds
+    for mod in EXAMPLES.values():
+        inner = mod.make_env().unwrapped
+        assert isinstance(inner, StateEnv) and inner.spec_safety is mod.SPEC
+    high = EXAMPLES["heavy_pendulum"].make_env().observation_space.high
+    np.testing.assert_array_equal(high, [np.inf, EXAMPLES["heavy_pendulum"].MAX_SPEED])

@@ -13,11 +13,12 @@ import gymnasium as gym
 import numpy as np
 
 from crabs.envs import cartpole, pendulum
+from crabs.envs.functional import StateEnv, make_state_env
 from crabs.envs.monitor import MonitorCounters, SafetyMonitor, ledger_totals, read_ledger
 from crabs.envs.spec import SafetySpec
 
 __all__ = ["TASKS", "Task", "get_task", "make_env", "SafetySpec", "SafetyMonitor",
-           "MonitorCounters", "ledger_totals", "read_ledger"]
+           "MonitorCounters", "ledger_totals", "read_ledger", "StateEnv", "make_state_env"]
 
 
 @dataclass(frozen=True)

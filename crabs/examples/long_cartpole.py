@@ -23,7 +23,7 @@ import gymnasium as gym
 import numpy as np
 import scipy.linalg
 
-from crabs.envs import SafetySpec
+from crabs.envs import SafetySpec, make_state_env
 from crabs.initial import distill
 from crabs.system import System
 
@@ -72,41 +72,9 @@ def reward(s):
     return s[..., 0] ** 2
 
 
-class LongCartPoleEnv(gym.Env):
-    """The long cart-pole; observation = the state [x, theta, x_dot, theta_dot]. Starts at s0, or at
-    ``reset(options={"state": s})``; reward r of the state a step starts from; a step ending outside
-    the safe set ends the episode with reward ``-violation_penalty`` and ``info["cost"] = 1``."""
-
-    metadata = {"render_modes": []}
-
-    def __init__(self, violation_penalty: float = 30.0):
-        self.spec_safety = SPEC
-        self.violation_penalty = float(violation_penalty)
-        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(4,), dtype=np.float64)
-        self.state = SPEC.s0_array()
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.state = SPEC.s0_array()
-        if options and "state" in options:
-            self.state = np.asarray(options["state"], dtype=np.float64).reshape(4)
-        return self.state.copy(), {}
-
-    def step(self, action):
-        a = np.asarray(action, dtype=np.float64).reshape(-1)
-        if a.shape != (1,) or not np.isfinite(a).all():
-            raise ValueError(f"action must be one finite number, got {action!r}")
-        r = float(reward(self.state))
-        self.state = step(self.state, a)
-        violated = not SPEC.is_safe(self.state)
-        return self.state.copy(), -self.violation_penalty if violated else r, violated, False, \
-            {"cost": float(violated)}
-
-
 def make_env() -> gym.Env:
-    """The true environment, ending at the horizon."""
-    return gym.wrappers.TimeLimit(LongCartPoleEnv(), max_episode_steps=HORIZON)
+    """The true environment (observation = the state), ending at the horizon."""
+    return make_state_env(SPEC, step, reward, act_dim=1)
 
 
 @lru_cache(maxsize=8)

@@ -72,17 +72,27 @@ def _resume_only(args, *ignored: str) -> None:
                          "own config.yaml")
 
 
+def _system(args):
+    """The system named on the command line: a built-in ``--task`` or a user's ``--system``."""
+    from crabs.system import load_system
+
+    if args.task is not None and getattr(args, "system", None) is not None:
+        raise ValueError("give --task or --system, not both")
+    return load_system(args.system) if getattr(args, "system", None) else args.task
+
+
 def cmd_train(args) -> int:
     from crabs.config import load_config, parse_overrides
     from crabs.loop import train
 
+    system = _system(args)
     if args.resume:
         _resume_only(args, "config", "set", "seed", "out")
-        result = train(args.task, None, args.resume, resume=True, progress=not args.quiet,
+        result = train(system, None, args.resume, resume=True, progress=not args.quiet,
                        epochs=args.epochs)
     else:
-        if args.task is None or args.out is None:
-            raise ValueError("--task and --out are required (or --resume DIR)")
+        if system is None or args.out is None:
+            raise ValueError("--task (or --system) and --out are required (or --resume DIR)")
         cfg = load_config(args.config, task=args.task, overrides=parse_overrides(args.set or []))
         overrides = {}
         if args.seed is not None:
@@ -91,7 +101,7 @@ def cmd_train(args) -> int:
             overrides["epochs"] = args.epochs
         if overrides:
             cfg = cfg.replace(**overrides)
-        result = train(args.task, cfg, args.out, progress=not args.quiet)
+        result = train(system, cfg, args.out, progress=not args.quiet)
     print(json.dumps(result, indent=2))
     return 0 if result["violations"] == 0 else 1
 
@@ -162,9 +172,11 @@ def cmd_compare(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    from crabs.system import load_system
     from crabs.verify import verify_run
 
-    result = verify_run(args.run, which=args.which, states=args.states, horizon=args.horizon,
+    system = load_system(args.system) if args.system else None
+    result = verify_run(args.run, system, which=args.which, states=args.states, horizon=args.horizon,
                         chains_mult=args.chains_mult, steps=args.steps, seed=args.seed)
     print(json.dumps(result, indent=2))
     return 0 if result["sound"] and result["R3_holds"] else 1
@@ -202,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train CRABS on a task (the main job)")
     s.add_argument("--task", type=_task)
+    s.add_argument("--system", metavar="MODULE[:FUNCTION]",
+                   help="a system of your own instead of --task: the module's make_system() (or FUNCTION) "
+                        "returning a crabs.system.System, e.g. crabs.examples.lane_car; default Config()")
     s.add_argument("--config", help="YAML file overriding the task's default config")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key after "
                    "--config, value parsed as YAML (repeatable), e.g. --set sac.tau=0.01 --set epochs=12")
@@ -245,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("verify", help="audit a CRABS run's certificate (R.1-R.3) with an independent "
                        "adversary and true-dynamics rollouts; exit status 1 if unsound or R.3 fails")
     s.add_argument("run", help="run folder")
+    s.add_argument("--system", metavar="MODULE[:FUNCTION]",
+                   help="the run's system, for a run of your own (see crabs train --system)")
     s.add_argument("--which", choices=["delivered", "last"], default="delivered",
                    help="the delivered (policy, h) pair (default) or the training state's")
     s.add_argument("--states", type=int, default=200, help="certified start states of the rollouts")

@@ -88,3 +88,26 @@ def builtin_system(task: str, hidden=(64, 64), act: str = "relu", **env_kwargs) 
         bound = action_bound(float(env_kwargs["max_ctrl"]))
     return System(t.name, lambda: gym.make(t.env_id, disable_env_checker=True, **env_kwargs), t.spec,
                   initial_policy(t.name, hidden, act), low, high, t.reward, bound)
+
+
+def load_system(ref: str) -> System:
+    """A user's System from the command line: ``"package.module"`` calls the module's
+    ``make_system()``, ``"package.module:function"`` that function (e.g.
+    ``crabs.examples.lane_car``). One-line errors for a module or function that is not there, or a
+    function that does not return a System."""
+    import importlib
+
+    module_name, _, attr = ref.partition(":")
+    attr = attr or "make_system"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise ValueError(f"--system {ref!r}: cannot import {module_name!r} ({e})") from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ValueError(f"--system {ref!r}: {module_name!r} has no function {attr!r} "
+                         "(give MODULE:FUNCTION returning a crabs.system.System)")
+    system = fn()
+    if not isinstance(system, System):
+        raise ValueError(f"--system {ref!r}: {attr}() returned a {type(system).__name__}, not a System")
+    return system

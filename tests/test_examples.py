@@ -198,3 +198,34 @@ def test_state_env_builds_an_env_from_equations():
         assert isinstance(inner, StateEnv) and inner.spec_safety is mod.SPEC
     high = EXAMPLES["heavy_pendulum"].make_env().observation_space.high
     np.testing.assert_array_equal(high, [np.inf, EXAMPLES["heavy_pendulum"].MAX_SPEED])
+
+
+def test_cli_trains_and_verifies_a_system_of_ones_own(tmp_path, monkeypatch, capsys):
+    """``crabs train --system MODULE[:FUNCTION]``: a user's System under the default Config() (with
+    --set and --epochs on top); one-line errors for a missing module, function or a non-System."""
+    import crabs.loop
+    from crabs.cli import main
+    from crabs.config import Config
+
+    seen = {}
+
+    def fake_train(system, cfg, out, **kw):
+        seen.update(system=system, cfg=cfg)
+        return {"violations": 0}
+
+    monkeypatch.setattr(crabs.loop, "train", fake_train)
+    assert main(["train", "--system", "crabs.examples.heavy_pendulum", "--epochs", "3", "--set",
+                 "sac.tau=0.01", "--out", str(tmp_path / "r")]) == 0
+    assert seen["system"].name == "heavy_pendulum"
+    assert seen["cfg"] == Config().replace(epochs=3, sac={"tau": 0.01})   # the default Config()
+    capsys.readouterr()
+    for ref, msg in [("crabs.examples.nothing", "cannot import 'crabs.examples.nothing'"),
+                     ("crabs.examples.lane_car:nothing", "has no function 'nothing'"),
+                     ("crabs.examples.lane_car:controller", "returned a ndarray, not a System")]:
+        if ref.endswith(":controller"):   # a function that needs an argument: called wrongly
+            monkeypatch.setattr("crabs.examples.lane_car.controller", lambda: np.zeros(2))
+        assert main(["train", "--system", ref, "--out", str(tmp_path / "x")]) == 2
+        assert msg in capsys.readouterr().err
+    assert main(["train", "--task", "upright", "--system", "crabs.examples.lane_car",
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "give --task or --system, not both" in capsys.readouterr().err

@@ -234,11 +234,7 @@ class Runner:
 
         folder = RunDir.claim(out, resume)
         if resume:
-            data = folder.read_config()
-            found = data.get("algorithm", "crabs") if isinstance(data, dict) else "?"
-            if found != cls.algorithm:
-                raise ValueError(f"{str(folder)!r} holds a {found} run, not {cls.algorithm}")
-            cfg = cls.config_cls.from_dict(data)
+            cfg = cls.read_config(folder)
             system = cfg.task if system is None else system
             name = _system_name(system)
             if name != cfg.task:
@@ -297,6 +293,16 @@ class Runner:
             raise ValueError(f"checkpoint is from task {d['system']!r}, not {system_name!r}")
 
     @classmethod
+    def read_config(cls, folder: RunDir, why: str = ""):
+        """A run folder's own config, refused unless it is of this algorithm (``why`` ends the
+        message)."""
+        data = folder.read_config()
+        found = data.get("algorithm", "crabs") if isinstance(data, dict) else "?"
+        if found != cls.algorithm:
+            raise ValueError(f"{str(folder)!r} holds a {found} run, not {cls.algorithm}{why}")
+        return cls.config_cls.from_dict(data)
+
+    @classmethod
     def read_run(cls, out: str | os.PathLike, why: str = "") -> tuple:
         """A finished or interrupted run of this algorithm, read without building a runner: its
         config and its last checkpoint (weights only), checked against each other (``why`` ends the
@@ -305,11 +311,7 @@ class Runner:
         if not (folder.path / CONFIG).exists() or not (folder.checkpoints / "last.pt").exists():
             raise FileNotFoundError(f"{str(folder)!r} holds no {cls.label} checkpoint (config.yaml, "
                                     "checkpoints/last.pt)")
-        data = folder.read_config()
-        found = data.get("algorithm", "crabs") if isinstance(data, dict) else "?"
-        if found != cls.algorithm:
-            raise ValueError(f"{str(folder)!r} holds a {found} run, not {cls.algorithm}{why}")
-        cfg = cls.config_cls.from_dict(data)
+        cfg = cls.read_config(folder, why)
         blob = folder.load_checkpoint()
         cls.check_checkpoint(blob, cfg.task)
         return cfg, blob

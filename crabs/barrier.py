@@ -54,6 +54,9 @@ class Barrier(nn.Module):
             high = torch.as_tensor(high, dtype=torch.float32)
             self.register_buffer("box_center", (high + low) / 2)
             self.register_buffer("box_radius", (high - low) / 2)
+        # the edge pad (``barrier.edge_factor``): per constrained coordinate, in units of its limit,
+        # how far inside the limit C_h must stay; 0 is the paper's B_safe
+        self.register_buffer("pad", torch.zeros(len(spec.constrained_index)))
 
     @classmethod
     def for_box(cls, spec: SafetySpec, cfg: BarrierConfig, low, high) -> Barrier:
@@ -61,6 +64,32 @@ class Barrier(nn.Module):
         units of its half-widths)."""
         low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
         return cls(spec, cfg, torch.as_tensor((high - low) / 2, dtype=torch.float32), low, high)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # certificates saved before the edge pad existed had none: a pad of 0
+        state_dict.setdefault(prefix + "pad", torch.zeros_like(self.pad))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def B_safe(self, s: torch.Tensor) -> torch.Tensor:
+        """B_safe of App. C.1 with each limit moved inwards by the edge pad: C_h keeps
+        |z_j| <= 1 - pad_j, so a real next state that lies within pad_j (in units of the limit) of
+        the model's prediction for a state of C_h is safe."""
+        if not bool((self.pad > 0).any()):
+            return self.spec.B_safe_torch(s)
+        self.spec._check(s)
+        idx = torch.as_tensor(self.spec.constrained_index, device=s.device)
+        zmax = torch.as_tensor(self.spec.constrained_max, dtype=s.dtype, device=s.device)
+        z = s.index_select(-1, idx).abs() / zmax
+        return torch.relu(100.0 * (z - 1.0 + self.spec.margin + self.pad.to(s.dtype))).amax(dim=-1)
+
+    @torch.no_grad()
+    def widen_pad(self, pad: torch.Tensor) -> bool:
+        """Raise the edge pad to at least ``pad`` (per constrained coordinate; it never shrinks).
+        Returns whether it grew: C_h then shrank and R.3 must be re-established."""
+        new = torch.maximum(self.pad, torch.as_tensor(pad, dtype=self.pad.dtype))
+        grew = bool((new > self.pad).any())
+        self.pad.copy_(new)
+        return grew
 
     def B_box(self, s: torch.Tensor) -> torch.Tensor:
         z = ((s - self.box_center) / self.box_radius).abs()
@@ -80,7 +109,7 @@ class Barrier(nn.Module):
         self.f[-1].weight.mul_(1.0 - delta)
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
-        h = 1.0 - F.softplus(self.f_rel(s)) - self.spec.B_safe_torch(s)
+        h = 1.0 - F.softplus(self.f_rel(s)) - self.B_safe(s)
         return h - self.B_box(s) if self.box else h
 
 

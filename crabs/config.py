@@ -112,6 +112,11 @@ class BarrierConfig:
     regrow_samples: int = 4096                 # candidate states drawn near the data per regrowth
     regrow_policy_steps: int = 300             # adversarial policy steps on the grown set before
                                                # Alg. 1 carves back what the policy cannot hold
+    edge_factor: float = 2.0                   # C_h keeps each constrained coordinate this many
+                                               # times the model's largest one-step miss (the real
+                                               # next state beyond the K means' range, measured on
+                                               # transitions the model was not trained on) inside
+                                               # its limit; 0: the paper's B_safe (loop.widen_edge)
     audit: bool = True                         # certified only if, once the adversary is quiet, an
                                                # independent audit (uniform states of C_h, the
                                                # chains, the replay states in C_h) finds no state
@@ -130,6 +135,8 @@ class BarrierConfig:
             raise ValueError(f"{where}.regrow_mode: must be 'rollouts' or 'dilate', got {self.regrow_mode!r}")
         if not 0.0 < self.dilation < 1.0:
             raise ValueError(f"{where}.dilation: must be in (0, 1), got {self.dilation}")
+        if self.edge_factor < 0:
+            raise ValueError(f"{where}.edge_factor: must be >= 0, got {self.edge_factor}")
         if self.reg_states not in ("candidates", "certified", "visited"):
             raise ValueError(f"{where}.reg_states: must be 'candidates', 'certified' or 'visited', "
                              f"got {self.reg_states!r}")
@@ -155,7 +162,7 @@ class MALAConfig:
     project_lr: float = 0.01
     box_scale: float = 1.5                     # release: box = certified bounding box x 1.5
     box_samples: int = 20000                   # rejection samples used to re-box
-    refresh_frac: float = 0.0                  # fraction of the chains re-drawn uniformly from C_h
+    refresh_frac: float = 0.05                 # fraction of the chains re-drawn uniformly from C_h
                                                # at every step, so a small pool keeps covering all of
                                                # C_h while h changes (paper: 0, with 10000 chains)
 
@@ -470,7 +477,7 @@ PAPER = {
     "barrier.quiet_steps": 5000, "mala.chains": 10000, "mala.adapt_rate": 0.01, "sac.hidden": (256, 256),
     "sac.critic_hidden": (256, 256), "barrier.regrow": False, "barrier.box_barrier": False,
     "sac.steps_per_epoch": 2000, "final_policy": "last", "dynamics.saturate_actions": False,
-    "mala.init_step": 1e-3, "barrier.audit": False, "explore.fallback": "policy", "explore.guard_eval": False,
-    "explore.stop_on_exit": False,
+    "mala.init_step": 1e-3, "barrier.audit": False, "barrier.edge_factor": 0.0, "mala.refresh_frac": 0.0,
+    "explore.fallback": "policy", "explore.guard_eval": False, "explore.stop_on_exit": False,
 }
 """Where the default departs from the paper (value = the paper's). See docs/config.md."""

@@ -169,6 +169,18 @@ def prediction_error(model: Ensemble, s: torch.Tensor, a: torch.Tensor, s2: torc
 
 
 @torch.no_grad()
+def hull_error(model: Ensemble, s: torch.Tensor, a: torch.Tensor, s2: torch.Tensor) -> torch.Tensor:
+    """Per state coordinate, the largest distance by which a real next state lay outside the range
+    of the K members' mean predictions (0 where the truth lay within it): how far the model's
+    region (Eq. 1's K means) missed the truth on these transitions. Shape (d,)."""
+    if len(s) == 0:
+        return torch.zeros(s.shape[-1])
+    means = model.means(s, a)                       # (K, B, d)
+    lo, hi = means.min(0).values, means.max(0).values
+    return (torch.relu(lo - s2) + torch.relu(s2 - hi)).amax(0)
+
+
+@torch.no_grad()
 def member_step(model: Ensemble, s: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """Each member advances its own states: s, a of shape (K, N, .) -> (K, N, obs)."""
     mu, _ = model._stats(model._input(s, a))

@@ -31,7 +31,7 @@ from crabs.barrier import Barrier, CertificateTrainer, fit_certificate
 from crabs.buffer import ReplayBuffer
 from crabs.certify import Certifier, uniform_violations
 from crabs.config import Config
-from crabs.dynamics import DynamicsTrainer, model_safe_rollouts, prediction_error
+from crabs.dynamics import DynamicsTrainer, hull_error, model_safe_rollouts, prediction_error
 from crabs.explore import CheckedActor, GuardedActor, SafeguardedActor, StartupActor
 from crabs.mala import Adversary
 from crabs.rollout import Step, mean_actor, run_episode
@@ -43,6 +43,11 @@ from crabs.system import System, make_barrier, make_model
 
 AUDIT_SAMPLES = 20000
 """Uniform states behind the certified volume, the uniform audit and the regrowth's volume test."""
+
+
+EDGE_PAD_MAX = 0.25
+"""The edge pad never takes more than a quarter of a limit: a model that misses by more has not
+learnt the system, and the pad would leave little of the safe set."""
 
 
 @contextmanager
@@ -80,6 +85,7 @@ class CRABS(Runner):
         self.epoch = 0
         self.safety = SafetyState(copy.deepcopy(self.policy.state_dict()), dilation=cfg.barrier.dilation)
         self.last_eval_states: np.ndarray | None = None   # the last evaluation's trajectory (Figure 3)
+        self.trained_on = 0   # replay entries before this index were in the model's last training
 
     # -- the current triple, bound for the certifier --------------------------------------------
     @property
@@ -203,6 +209,27 @@ class CRABS(Runner):
             return []
         return [self.policy_net(self.safety.safe_policy), self.sys.initial_policy]
 
+    def widen_edge(self, fresh: dict) -> dict:
+        """The edge pad (``barrier.edge_factor``, a departure): C_h must keep each constrained
+        coordinate at least ``edge_factor`` times the model's largest miss inside its limit, the miss
+        measured on real transitions the model had not been trained on (the evaluation and
+        exploration since its last training; at start-up its own training data, an under-estimate).
+        A certified action's predicted next states then lie in C_h, and a real next state within that
+        miss of them is safe; if it left C_h the episode stops there (``explore.stop_on_exit``). The
+        pad never shrinks; when it grows, C_h shrinks and Alg. 1 and the check re-establish R.3
+        before the next real step. Capped at ``EDGE_PAD_MAX`` and at half of s0's room."""
+        f = self.cfg.barrier.edge_factor
+        if f <= 0 or len(fresh["s"]) == 0:
+            return {}
+        spec = self.sys.spec
+        idx = spec.constrained_index
+        miss = hull_error(self.model, fresh["s"], fresh["a"], fresh["s2"])[idx].double().numpy()
+        room = (1.0 - spec.margin - np.abs(spec.s0_array()[idx]) / spec.constrained_max) / 2
+        pad = np.minimum(f * miss / spec.constrained_max, np.minimum(EDGE_PAD_MAX, room))
+        if self.h.widen_pad(torch.as_tensor(pad, dtype=torch.float32)):
+            self.adv.invalidate()
+        return {"edge_miss": float((miss / spec.constrained_max).max()), "edge_pad": float(self.h.pad.max())}
+
     def collect(self) -> dict:
         """Alg. 2 line 3: the epoch's exploration episodes, with Alg. 3 while the triple is certified
         (else the last certified policy acts). An episode that left C_h ends the phase
@@ -234,8 +261,9 @@ class CRABS(Runner):
             env.close()
         new = self.buffer.index(np.arange(n0, len(self.buffer)))
         err = prediction_error(self.model, new["s"], new["a"], new["s2"])
+        edge = self.widen_edge(self.buffer.index(np.arange(min(self.trained_on, n0), len(self.buffer))))
         steps = sum(e.length for e in eps)
-        return {"explore_return": float(np.mean([e.ret for e in eps])),
+        return {**edge, "explore_return": float(np.mean([e.ret for e in eps])),
                 "safeguard_rate": sum(e.safeguards for e in eps) / max(steps, 1),
                 "model_failures": failures, "exits_C_h": exits, "explore_episodes": len(eps),
                 "model_rmse": err["rmse"], "model_outside": err["outside_box"]}
@@ -276,8 +304,10 @@ class CRABS(Runner):
         data = self.buffer.all()
         self.model.fit_normalizers(data["s"], data["a"], data["s2"])
         self.dyn.train(self.buffer, cfg.dynamics.init_steps, self.rng)
+        self.trained_on = len(self.buffer)
         self.refresh_support()
-        info = self.init_certificate()
+        edge = self.widen_edge(data)
+        info = {**edge, **self.init_certificate()}
         # the paper's pre-training has no reference certificate; with reg_states other than
         # "candidates" the fitted one is kept as the reference set, so Alg. 1 carves it rather than
         # redraws it
@@ -352,6 +382,7 @@ class CRABS(Runner):
             data = self.buffer.all()
             self.model.refit_normalizers(data["s"], data["a"], data["s2"])
         self.dyn.train(self.buffer, self.cfg.dynamics.steps_per_epoch, self.rng)
+        self.trained_on = len(self.buffer)
         self.refresh_support()
         self.adv.invalidate()
 
@@ -501,7 +532,7 @@ class CRABS(Runner):
     def extra_state(self) -> dict:
         return {"epoch": self.epoch, **self.safety.to_dict(), "model": self.dyn.state_dict(),
                 "barrier": self.cert.state_dict(), "sac": self.sac.state_dict(),
-                "buffer": self.buffer.state_dict()}
+                "buffer": self.buffer.state_dict(), "trained_on": self.trained_on}
 
     def load_extra_state(self, d: dict) -> None:
         self.epoch = d["epoch"]
@@ -510,6 +541,7 @@ class CRABS(Runner):
         self.cert.load_state_dict(d["barrier"])
         self.sac.load_state_dict(d["sac"])
         self.buffer.load_state_dict(d["buffer"])
+        self.trained_on = int(d.get("trained_on", len(self.buffer)))
         self.refresh_support()
         self.adv.state = None
 

@@ -267,3 +267,29 @@ def test_refit_normalizers_keeps_every_prediction():
         m1, sd1 = model.means_and_stds(x, xa)
     torch.testing.assert_close(m1, m0, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(sd1, sd0, rtol=1e-4, atol=1e-7)
+
+
+def test_edge_pad_keeps_C_h_inside_the_limits_by_the_pad():
+    """barrier.edge_factor's pad p_j: h < 0 wherever |z_j| > 1 - p_j, so a prediction in C_h lies
+    at least p_j (in units of the limit) inside it; h(s0) and the unpadded coordinates unchanged;
+    the pad only grows; a certificate saved before the pad existed loads with pad 0."""
+    t = get_task("upright")
+    low, high = t.box()
+    h = Barrier(t.spec, BarrierConfig(hidden=(32, 32)), torch.as_tensor((high - low) / 2))
+    theta_max = float(t.spec.constrained_max[0])
+    s = torch.zeros(2001, 2)
+    s[:, 0] = torch.linspace(-1, 1, 2001) * theta_max
+    old = h.state_dict()
+    before = h(s).detach()
+    assert (before[s[:, 0].abs() < 0.98 * theta_max] > -1).any()
+    assert not h.widen_pad(torch.zeros(1))                      # nothing to widen
+    assert h.widen_pad(torch.tensor([0.1]))
+    after = h(s).detach()
+    assert (after[s[:, 0].abs() > 0.9 * theta_max] < 0).all()   # the outer tenth is not in C_h
+    inner = s[:, 0].abs() < 0.8 * theta_max
+    assert torch.equal(after[inner], before[inner])              # far from the limit nothing moved
+    assert not h.widen_pad(torch.tensor([0.05]))                # it never shrinks
+    assert float(h.pad[0]) == pytest_approx(0.1)
+    old.pop("pad")
+    h.load_state_dict(old)                                       # a version-2 checkpoint's h
+    assert float(h.pad[0]) == 0.0 and torch.equal(h(s).detach(), before)

@@ -58,14 +58,14 @@ class BarrierConfig:
     hidden: tuple[int, ...] = (64, 64)         # paper: (256, 256)
     act: str = "relu"                          # paper: ReLU
     lr: float = 1e-3
-    reg_coef: float = 0.001                    # paper: lambda = 0.001 in Eq. (5)
-    reg_states: str = "candidates"             # where Reg's expectation over S is taken: "candidates"
+    reg_coef: float = 1.0                      # paper: lambda = 0.001 in Eq. (5) (on its candidates)
+    reg_states: str = "visited"                # where Reg's expectation over S is taken: "candidates"
                                                # (the MALA pool, the paper's approximation) or
                                                # "certified" (uniform states of the previous C_h)
                                                # or "visited" (replay states inside the previous C_h)
     reg_samples: int = 1024                    # states per update with reg_states != "candidates"
-    eps: float = 0.01                          # release: violating means U + eps > 0 (Swing 0.01)
-    train_margin: float = 0.0                  # once the adversary finds a state with U + eps > 0,
+    eps: float = 0.002                         # release: violating means U + eps > 0 (Swing 0.01)
+    train_margin: float = 0.01                 # once the adversary finds a state with U + eps > 0,
                                                # Alg. 1 updates on all with U + eps + margin > 0, so
                                                # C* is pushed below -eps with room to spare (paper: 0)
     max_steps: int = 4000                      # release: 20000
@@ -84,7 +84,7 @@ class BarrierConfig:
     regrow: bool = True                        # each epoch, before Alg. 1, refit h to C_h united with
                                                # the states whose model rollouts under the current
                                                # policy stay safe (paper: no such step; False)
-    regrow_mode: str = "rollouts"              # how C_h is regrown: "rollouts" (refit h to the states
+    regrow_mode: str = "dilate"                # how C_h is regrown: "rollouts" (refit h to the states
                                                # near the data whose model rollouts stay safe) or
                                                # "dilate" (scale f - f(s0) by 1 - dilation: the next
                                                # level set of h's own shape)
@@ -95,7 +95,7 @@ class BarrierConfig:
     dilation: float = 0.3                      # "dilate": the first epoch's dilation; it grows by
                                                # 1.25x after an epoch whose Alg. 1 went quiet and
                                                # halves after one that was rolled back (0.02 - 0.6)
-    on_stuck: str = "rollback"                 # Alg. 1 not quiet within max_steps while the triple
+    on_stuck: str = "carry"                    # Alg. 1 not quiet within max_steps while the triple
                                                # is already uncertified: "rollback" restores the
                                                # previous h (facts sheet), "carry" keeps the carved h
                                                # and goes on carving next epoch, without regrowth;
@@ -192,7 +192,7 @@ class SACConfig:
     big_c: float = 1000.0                      # release: C = 1000 in Q-hat
     clip_target: bool = False                  # clip Eq. (11)'s bootstrap to the soft values the
                                                # rewards seen allow (paper: no clip)
-    steps_per_epoch: int = 1000                # paper: 2000
+    steps_per_epoch: int = 2000                # paper: 2000
     adv_every: int = 4                         # an adversarial policy step every n SAC steps
     adv_coef: float = 1.0
     adv_anchor: float = 0.0                    # > 0: the stand-alone adversarial steps (Alg. 4 lines
@@ -274,7 +274,7 @@ class Config(RunConfig):
     seed: int = 0
     epochs: int = 40
     init_episodes: int = 5                     # safe start-up episodes of the initial policy
-    init_noise: float = 0.3                    # action noise of those episodes, applied only while
+    init_noise: float = 0.1                    # action noise of those episodes, applied only while
     init_noise_region: float = 0.15            # every coordinate is within this fraction of the state
                                                # box around 0; outside it the initial policy acts alone
     eval_every: int = 1                        # epochs between evaluations of the mean policy
@@ -476,8 +476,10 @@ PAPER = {
     "dynamics.init_steps": 20000, "barrier.hidden": (256, 256), "barrier.max_steps": 20000,
     "barrier.quiet_steps": 5000, "mala.chains": 10000, "mala.adapt_rate": 0.01, "sac.hidden": (256, 256),
     "sac.critic_hidden": (256, 256), "barrier.regrow": False, "barrier.box_barrier": False,
-    "sac.steps_per_epoch": 2000, "final_policy": "last", "dynamics.saturate_actions": False,
+    "final_policy": "last", "dynamics.saturate_actions": False,
     "mala.init_step": 1e-3, "barrier.audit": False, "barrier.edge_factor": 0.0, "mala.refresh_frac": 0.0,
     "explore.fallback": "policy", "explore.guard_eval": False, "explore.stop_on_exit": False,
+    "barrier.reg_coef": 0.001, "barrier.reg_states": "candidates", "barrier.train_margin": 0.0,
+    "barrier.on_stuck": "rollback", "barrier.eps": 0.01,
 }
 """Where the default departs from the paper (value = the paper's). See docs/config.md."""

@@ -37,7 +37,7 @@ def test_paper_values_are_available():
 
     cfg = Config()
     assert cfg.dynamics.k == 5 and cfg.sac.gamma == 0.99 and cfg.explore.n == 100
-    assert cfg.barrier.reg_coef == 0.001 and cfg.mala.temperature == 0.03
+    assert PAPER["barrier.reg_coef"] == 0.001 and cfg.mala.temperature == 0.03
     paper = Config().replace(dynamics={"hidden": list(PAPER["dynamics.hidden"])},
                              mala={"chains": PAPER["mala.chains"]})
     assert paper.dynamics.hidden == (400, 400, 400, 400) and paper.mala.chains == 10000

@@ -5,6 +5,8 @@ and print violations, final evaluation return and wall-clock against the targets
     python bench/train.py --system crabs.examples.lane_car --seeds 0 --verify
     python bench/train.py --task swing --resume DIR     # finish an interrupted run (its wall-clock
                                                         # counts every part: summary.json adds them)
+    python bench/train.py --task move --seeds 10 11 12 13 --out bench/heldout --grid --verify
+                                    # rerun the same command to resume the grid where it stopped
 
 A system's target is 80% of the way from its initial controller's return to its strong
 controller's (``REFERENCE_RETURN``; both measured from s0 on the true environment): for a reward
@@ -75,6 +77,9 @@ def main() -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to crabs train")
     p.add_argument("--resume", metavar="DIR", help="continue one interrupted run")
     p.add_argument("--verify", action="store_true", help="crabs verify each finished run")
+    p.add_argument("--grid", action="store_true", help="fixed run folders OUT/NAME-sSEED: rerunning the "
+                   "same command resumes an interrupted run and only reports a finished one (a grid "
+                   "longer than a session)")
     args = p.parse_args()
     if args.resume and (args.seeds is not None or args.config or args.set):
         p.error("--resume continues the run in DIR with its own seed and config: "
@@ -100,10 +105,14 @@ def main() -> int:
     else:
         jobs = []
         for seed in seeds:
-            out = Path(args.out) / f"{name}-s{seed}-{int(time.time())}"
+            out = Path(args.out) / (f"{name}-s{seed}" if args.grid else f"{name}-s{seed}-{int(time.time())}")
             extra = ["--config", args.config] if args.config else []
             extra += [x for kv in args.set for x in ("--set", kv)]
             which = ["--task", args.task] if args.task else ["--system", args.system]
+            if args.grid and (out / "config.yaml").exists():  # started before: resume (or just report)
+                system = ["--system", args.system] if args.system else []
+                jobs.append((out, ["--resume", str(out), *system]))
+                continue
             jobs.append((out, [*which, "--seed", str(seed), "--out", str(out), *extra]))
     for out, train_args in jobs:
         subprocess.run([sys.executable, "-m", "crabs.cli", "train", *train_args, "--quiet"],

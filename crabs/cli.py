@@ -182,6 +182,16 @@ def cmd_verify(args) -> int:
     return 0 if result["sound"] and result["R3_holds"] else 1
 
 
+def cmd_render(args) -> int:
+    from crabs.render import render_run
+    from crabs.system import load_system
+
+    system = load_system(args.system) if args.system else None
+    result = render_run(args.run, args.out, system, which=args.which, frames=args.frames, fps=args.fps)
+    print(json.dumps(result, indent=2))
+    return 0 if result["violations"] == 0 else 1
+
+
 def cmd_oracle(args) -> int:
     from crabs import oracle
 
@@ -271,6 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--steps", type=_positive_int, default=200, help="the fresh adversary's MALA steps")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("render", help="an animation of a CRABS run's delivered policy from s0, with h(s) "
+                       "along the way; exit status 1 if the episode violated")
+    s.add_argument("run", help="run folder")
+    s.add_argument("--out", required=True, help="animation file: .gif, or .mp4 (needs imageio-ffmpeg)")
+    s.add_argument("--system", metavar="MODULE[:FUNCTION]",
+                   help="the run's system, for a run of your own (see crabs train --system)")
+    s.add_argument("--which", choices=["delivered", "last"], default="delivered",
+                   help="the delivered (policy, h) pair (default) or the training state's")
+    s.add_argument("--frames", type=_positive_int, default=100,
+                   help="frames, sub-sampled evenly from the episode (default 100)")
+    s.add_argument("--fps", type=_positive_int, default=20, help="frames per second (default 20)")
+    s.set_defaults(func=cmd_render)
 
     s = sub.add_parser("oracle", help="ground truth for the 2-D pendulum tasks")
     s.add_argument("--task", type=_task, required=True)

@@ -126,7 +126,7 @@ def cmd_baseline(args) -> int:
 
 def cmd_compare(args) -> int:
     from crabs.envs import ledger_totals, read_ledger
-    from crabs.plots import figure2
+    from crabs.plots import eval_summary, figure2
     from crabs.runs import METRICS, RunDir
 
     runs, table = [], []
@@ -144,29 +144,36 @@ def cmd_compare(args) -> int:
                     "offline_violations": ledger_totals(led, tag="offline").violations,
                     "final_eval_return": None}
         runs.append((f"{info.get('algorithm')} s{info.get('seed')}", d))
-        table.append(info)
+        table.append({**info, **eval_summary(d, str(info.get("algorithm")))})
     # the paper's Figure 2: one column per task, one curve per algorithm (mean and one standard
     # deviation over its seeds); --each draws every run on its own
     out = figure2([(str(t.get("task")), f"{label} ({d.name})" if args.each else str(t.get("algorithm")), d)
                    for (label, d), t in zip(runs, table)], args.out)
+    # the same quantities for every algorithm: the last evaluation of the policy being trained and
+    # the best evaluation (for CRABS, of a certified triple: the pair it delivers)
+    def fmt(x):
+        return "-" if x is None else f"{x:.4g}"
+
     print(f"{'run':24s} {'task':8s} {'env steps':>10s} {'violations':>10s} {'of them offline':>16s} "
-          f"{'final return':>13s}")
+          f"{'last eval':>10s} {'best eval':>10s}")
     for (label, _), t in zip(runs, table):
-        ret = t.get("final_eval_return")
-        ret = "-" if ret is None else f"{ret:.4g}"
         print(f"{label:24s} {str(t.get('task')):8s} {t.get('env_steps', 0):>10d} "
-              f"{t.get('violations', 0):>10d} {t.get('offline_violations', 0):>16d} {ret:>13s}")
+              f"{t.get('violations', 0):>10d} {t.get('offline_violations', 0):>16d} "
+              f"{fmt(t['last_eval']):>10s} {fmt(t['best_eval']):>10s}")
     groups: dict[tuple[str, str], list[dict]] = {}
     for t in table:
         groups.setdefault((str(t.get("task")), str(t.get("algorithm"))), []).append(t)
     if groups:
         print(f"\n{'task':8s} {'algorithm':12s} {'runs':>4s} {'online violations (mean, max)':>30s} "
-              f"{'final return (mean +- std)':>27s}")
+              f"{'last eval (mean +- std)':>24s} {'best eval (mean +- std)':>24s}")
         for (task, algo), g in groups.items():
             v = [t.get("violations", 0) - t.get("offline_violations", 0) for t in g]
-            r = [t["final_eval_return"] for t in g if t.get("final_eval_return") is not None]
-            ret = f"{np.mean(r):.4g} +- {np.std(r):.2g}" if r else "-"
-            print(f"{task:8s} {algo:12s} {len(g):>4d} {f'{np.mean(v):.1f}, {max(v)}':>30s} {ret:>27s}")
+            cols = []
+            for key in ("last_eval", "best_eval"):
+                r = [t[key] for t in g if t.get(key) is not None]
+                cols.append(f"{np.mean(r):.4g} +- {np.std(r):.2g}" if r else "-")
+            print(f"{task:8s} {algo:12s} {len(g):>4d} {f'{np.mean(v):.1f}, {max(v)}':>30s} "
+                  f"{cols[0]:>24s} {cols[1]:>24s}")
     print(f"figure: {out}")
     return 0
 

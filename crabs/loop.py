@@ -578,7 +578,8 @@ class CRABS(Runner):
         started = time.time()
         if not self.resume():   # a new run, or one that died during start-up (its steps still count)
             info = self.startup()
-            row = {"epoch": 0, **info, **self.evaluate(), "env_steps": self.counters.env_steps,
+            row = {"epoch": 0, **info, **self.evaluate(), "policy_certified": self.certified,
+                   "env_steps": self.counters.env_steps,
                    "episodes": self.counters.episodes, "violations": self.counters.violations,
                    "epoch_s": round(time.time() - started, 2)}
             self.keep_if_best(0, row["eval_return"])

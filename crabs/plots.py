@@ -50,6 +50,21 @@ def run_curves(folder: str | Path) -> dict:
             "offline_steps": off.env_steps, "offline_violations": off.violations}
 
 
+def eval_summary(folder: str | Path, algorithm: str) -> dict:
+    """The same two numbers for every algorithm, from a run folder's evaluations (metrics.csv):
+    ``last_eval`` (the last evaluation of the policy being trained) and ``best_eval`` (the best
+    evaluation; for CRABS only evaluations of a certified triple count, which is the pair CRABS
+    delivers with ``final_policy: best``). None where the run has no evaluation yet."""
+    rows = [r for r in read_metrics(Path(folder) / "metrics.csv") if r.get("eval_return") not in ("", None)]
+    if algorithm == "crabs":
+        best_rows = [r for r in rows if str(r.get("policy_certified")) == "True"]
+    else:
+        best_rows = rows
+    return {"last_eval": float(rows[-1]["eval_return"]) if rows else None,
+            "best_eval": max(float(r["eval_return"]) for r in best_rows) if best_rows else None,
+            "evaluations": len(rows)}
+
+
 def _held(x: np.ndarray, y: np.ndarray, grid: np.ndarray) -> np.ndarray:
     """y of the last point at or before each grid step (a step function: a policy's evaluation and
     a violation count hold until the next one)."""

@@ -163,6 +163,14 @@ def test_compare_draws_figure2_and_tabulates(tmp_path, capsys):
     row = [x for x in out.splitlines() if x.startswith("upright  sac")][0].split()
     mean_v = (s0["violations"] + s1["violations"]) / 2
     assert row[2:5] == ["2", f"{mean_v:.1f},", str(max(s0["violations"], s1["violations"]))]
+    # every algorithm's table gives its last and its best evaluation, from metrics.csv
+    import csv
+
+    with open(tmp_path / "s0" / "metrics.csv") as fh:
+        evals = [float(r["eval_return"]) for r in csv.DictReader(fh) if r["eval_return"]]
+    line = [x for x in out.splitlines() if x.startswith("sac s0")][0].split()
+    assert line[-2:] == [f"{evals[-1]:.4g}", f"{max(evals):.4g}"]
+    assert "last eval (mean +- std)" in out and "best eval (mean +- std)" in out
     assert main(["compare", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(fig), "--each"]) == 0
     assert main(["compare", str(tmp_path), "--out", str(fig)]) == 2
     assert "is not a run folder" in capsys.readouterr().err
@@ -343,3 +351,16 @@ def test_cpo_runs_on_policy_steps_and_counts_everything(tmp_path):
     trained, _ = load_policy(tmp_path / "checkpoints" / "policy.pt")   # some CPO step was taken
     start = initial_policy("upright").state_dict()
     assert any(not torch.equal(v, start[k]) for k, v in trained.state_dict().items())
+
+
+def test_eval_summary_is_the_same_quantity_for_every_algorithm(tmp_path):
+    """Last and best evaluation from metrics.csv; for CRABS only certified evaluations are best
+    candidates (the pair it delivers), for a baseline every evaluation is."""
+    from crabs.plots import eval_summary
+
+    (tmp_path / "metrics.csv").write_text("epoch,eval_return,policy_certified\n0,-5,\n1,-1,False\n"
+                                          "2,-3,True\n3,,True\n4,-4,True\n")
+    assert eval_summary(tmp_path, "crabs") == {"last_eval": -4.0, "best_eval": -3.0, "evaluations": 4}
+    assert eval_summary(tmp_path, "sac") == {"last_eval": -4.0, "best_eval": -1.0, "evaluations": 4}
+    (tmp_path / "metrics.csv").write_text("epoch,eval_return\n")
+    assert eval_summary(tmp_path, "cpo") == {"last_eval": None, "best_eval": None, "evaluations": 0}

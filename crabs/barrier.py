@@ -39,13 +39,16 @@ class Barrier(nn.Module):
     ``high``, B_box(s) = max_i w((s_i - c_i) / r_i), the B_safe of App. C.1 (with its margin)
     applied to the box, keeps C_h inside the box where the adversary searches: otherwise
     unconstrained coordinates (the cart-pole's speeds) could be certified beyond it, where no
-    adversary ever looks."""
+    adversary ever looks.
+
+    ``shape`` is the part of 1 - h between s0 and the safety terms; a subclass may replace it (and
+    ``make_f``), as the fixed certificate of ``barrier.learn: false`` does (crabs/handcrafted.py)."""
 
     def __init__(self, spec: SafetySpec, cfg: BarrierConfig, scale: torch.Tensor,
                  low=None, high=None):
         super().__init__()
         self.spec = spec
-        self.f = mlp(spec.dim, cfg.hidden, 1, cfg.act)
+        self.f = self.make_f(spec, cfg)
         self.register_buffer("s0", torch.as_tensor(spec.s0, dtype=torch.float32))
         self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
         self.box = bool(cfg.box_barrier and low is not None and high is not None)
@@ -57,6 +60,10 @@ class Barrier(nn.Module):
         # the edge pad (``barrier.edge_factor``): per constrained coordinate, in units of its limit,
         # how far inside the limit C_h must stay; 0 is the paper's B_safe
         self.register_buffer("pad", torch.zeros(len(spec.constrained_index)))
+
+    def make_f(self, spec: SafetySpec, cfg: BarrierConfig) -> nn.Module | None:
+        """The trained part of h: the network f (a subclass with a fixed h returns None)."""
+        return mlp(spec.dim, cfg.hidden, 1, cfg.act)
 
     @classmethod
     def for_box(cls, spec: SafetySpec, cfg: BarrierConfig, low, high) -> Barrier:
@@ -108,8 +115,12 @@ class Barrier(nn.Module):
             raise ValueError(f"dilation must be in [0, 1), got {delta}")
         self.f[-1].weight.mul_(1.0 - delta)
 
+    def shape(self, s: torch.Tensor) -> torch.Tensor:
+        """The part of 1 - h that is not a safety term: softplus(f(s) - f(s0)) > 0, log 2 at s0."""
+        return F.softplus(self.f_rel(s))
+
     def forward(self, s: torch.Tensor) -> torch.Tensor:
-        h = 1.0 - F.softplus(self.f_rel(s)) - self.B_safe(s)
+        h = 1.0 - self.shape(s) - self.B_safe(s)
         return h - self.B_box(s) if self.box else h
 
 
@@ -184,10 +195,14 @@ class CertificateTrainer:
 
     def __init__(self, h: Barrier, cfg: BarrierConfig):
         self.h, self.cfg = h, cfg
-        self.opt = torch.optim.Adam(h.parameters(), lr=cfg.lr)
+        params = list(h.parameters())
+        # a fixed h (the handcrafted certificate, ``barrier.learn: false``) has nothing to train
+        self.opt = torch.optim.Adam(params, lr=cfg.lr) if params else None
 
     def step(self, model, policy, s_star: torch.Tensor, h_prev: Barrier | None,
              s_reg: torch.Tensor | None) -> dict:
+        if self.opt is None:
+            raise RuntimeError("this certificate has no parameters to train (barrier.learn: false)")
         loss, info = certificate_loss(self.h, model, policy, s_star, h_prev, s_reg, self.cfg.reg_coef)
         self.opt.zero_grad(set_to_none=True)
         grads = torch.autograd.grad(loss, list(self.h.parameters()), allow_unused=True)
@@ -204,11 +219,12 @@ class CertificateTrainer:
         return c
 
     def state_dict(self) -> dict:
-        return {"h": self.h.state_dict(), "opt": self.opt.state_dict()}
+        return {"h": self.h.state_dict(), "opt": self.opt.state_dict() if self.opt is not None else {}}
 
     def load_state_dict(self, d: dict) -> None:
         self.h.load_state_dict(d["h"])
-        self.opt.load_state_dict(d["opt"])
+        if self.opt is not None:
+            self.opt.load_state_dict(d["opt"])
 
 
 def fit_certificate(h: Barrier, states: torch.Tensor, positive: torch.Tensor, steps: int = 1000,

@@ -51,6 +51,21 @@ class DynamicsConfig:
             raise ValueError(f"{where}.region_std: must be >= 0, got {self.region_std}")
 
 
+HANDCRAFTED = "crabs_handcrafted"
+"""The algorithm name of a CRABS run with ``barrier.learn: false`` (the paper's handcrafted-h
+ablation, Sec. 6), in its summary.json, so ``crabs compare`` draws it as an algorithm of its own."""
+
+
+def algorithm_of(config: dict) -> str:
+    """The algorithm a run's config (as a dict, e.g. a run folder's config.yaml) belongs to: its
+    ``algorithm`` key (the baselines'), else ``HANDCRAFTED`` for CRABS with ``barrier.learn: false``,
+    else "crabs"."""
+    if "algorithm" in config:
+        return str(config["algorithm"])
+    barrier = config.get("barrier")
+    return HANDCRAFTED if isinstance(barrier, dict) and barrier.get("learn") is False else "crabs"
+
+
 @dataclass
 class BarrierConfig:
     """Certificate h and its training (Sec. 3, Alg. 1, Eq. 4-5, Sec. 4.2)."""
@@ -73,7 +88,14 @@ class BarrierConfig:
     pretrain_steps: int = 4000                 # steps of Alg. 1 for the initial certificate
     init: str = "rollout"                      # initial certificate: "rollout" fits h to the states
                                                # whose model rollouts under pi_init stay safe, then
-                                               # runs Alg. 1; "none" runs Alg. 1 from random f
+                                               # runs Alg. 1; "none" runs Alg. 1 from random f;
+                                               # "handcrafted" builds h by hand (crabs/handcrafted.py:
+                                               # a level set of pi_init's quadratic Lyapunov function
+                                               # cut by B_safe), with learn: fitted by f, then Alg. 1
+    learn: bool = True                         # false: Alg. 2 without line 5 (the paper's Sec. 6
+                                               # ablation): h stays the handcrafted one all run, no
+                                               # Alg. 1, regrowth or edge-pad growth; needs init:
+                                               # handcrafted
     init_samples: int = 8192
     init_rollout_steps: int = 100
     init_fit_steps: int = 1500
@@ -126,6 +148,11 @@ class BarrierConfig:
                                                # 1e-3 of C_h is missed with probability 2e-9
 
     def validate(self, where: str) -> None:
+        if self.init not in ("rollout", "none", "handcrafted"):
+            raise ValueError(f"{where}.init: must be 'rollout', 'none' or 'handcrafted', got {self.init!r}")
+        if not self.learn and self.init != "handcrafted":
+            raise ValueError(f"{where}.learn: false never trains h (no Alg. 1), so it needs {where}.init: "
+                             f"handcrafted; init {self.init!r} starts an h that is not a certificate")
         if self.on_stuck not in ("rollback", "carry"):
             raise ValueError(f"{where}.on_stuck: must be 'rollback' or 'carry', got {self.on_stuck!r}")
         if self.regrow_accept not in ("always", "if_larger"):

@@ -33,8 +33,10 @@ def _barrier(cfg: Config, blob: dict, which: str) -> Barrier | None:
     """The checkpoint's training-state (``"last"``) or best-pair (``"best"``) certificate."""
     if which == "best" and not blob.get("best"):
         return None
+    from crabs.handcrafted import barrier_type
+
     t = get_task(cfg.task)
-    h = Barrier.for_box(t.spec, cfg.barrier, *t.box())
+    h = barrier_type(cfg.barrier).for_box(t.spec, cfg.barrier, *t.box())
     h.load_state_dict(blob["best"]["h"] if which == "best" else blob["barrier"]["h"])
     return h.eval()
 

@@ -12,6 +12,10 @@ certificate pre-trained for the initial policy and model (Alg. 1). Then, per epo
    adversary finds no state the policy is not certified at, or roll the policy back;
 5. evaluate the mean policy (real steps: they go through the monitor too) and checkpoint.
 
+With ``barrier.learn: false`` (the paper's handcrafted-h ablation, Sec. 6) step 3 is skipped in
+every epoch and at start-up: h is the handcrafted certificate (crabs/handcrafted.py) all run; the
+rest, the checks included, is unchanged.
+
 The parts live in their own modules: the episode loop and its actors (rollout.py, explore.py),
 Alg. 1 and the checks (certify.py), samples of C_h (states.py), the safety state and its decisions
 (safety.py), the run folder, checkpoints and resume (runs.py).
@@ -30,9 +34,10 @@ import torch
 from crabs.barrier import Barrier, CertificateTrainer, fit_certificate
 from crabs.buffer import ReplayBuffer
 from crabs.certify import Certifier, uniform_violations
-from crabs.config import Config
+from crabs.config import Config, algorithm_of
 from crabs.dynamics import DynamicsTrainer, hull_error, model_safe_rollouts, prediction_error
 from crabs.explore import CheckedActor, GuardedActor, SafeguardedActor, StartupActor
+from crabs.handcrafted import HandcraftedBarrier, build_handcrafted
 from crabs.mala import Adversary
 from crabs.rollout import Step, mean_actor, run_episode
 from crabs.runs import Runner
@@ -69,6 +74,8 @@ class CRABS(Runner):
 
     def __init__(self, system: System, cfg: Config, run_dir, progress: bool = True):
         super().__init__(system, cfg, run_dir, progress)
+        if not cfg.barrier.learn:   # the ablation of Sec. 6 (its own curve in figure2.png)
+            self.label = "CRABS, handcrafted h"
         self.tgen = torch.Generator().manual_seed(cfg.seed + 1)
         self.policy = copy.deepcopy(system.initial_policy).train()
         self.buffer = ReplayBuffer(system.spec.dim, self.policy.act_dim)
@@ -209,7 +216,7 @@ class CRABS(Runner):
             return []
         return [self.policy_net(self.safety.safe_policy), self.sys.initial_policy]
 
-    def widen_edge(self, fresh: dict) -> dict:
+    def widen_edge(self, fresh: dict, widen: bool = True) -> dict:
         """The edge pad (``barrier.edge_factor``, a departure): C_h must keep each constrained
         coordinate at least ``edge_factor`` times the model's largest miss inside its limit, the miss
         measured on real transitions the model had not been trained on (the evaluation and
@@ -217,7 +224,9 @@ class CRABS(Runner):
         A certified action's predicted next states then lie in C_h, and a real next state within that
         miss of them is safe; if it left C_h the episode stops there (``explore.stop_on_exit``). The
         pad never shrinks; when it grows, C_h shrinks and Alg. 1 and the check re-establish R.3
-        before the next real step. Capped at ``EDGE_PAD_MAX`` and at half of s0's room."""
+        before the next real step. Capped at ``EDGE_PAD_MAX`` and at half of s0's room. With
+        ``widen`` false (a fixed h, ``barrier.learn: false``, after start-up) the miss is only
+        reported: the pad, part of h, stays as h was built."""
         f = self.cfg.barrier.edge_factor
         if f <= 0 or len(fresh["s"]) == 0:
             return {}
@@ -226,7 +235,7 @@ class CRABS(Runner):
         miss = hull_error(self.model, fresh["s"], fresh["a"], fresh["s2"])[idx].double().numpy()
         room = (1.0 - spec.margin - np.abs(spec.s0_array()[idx]) / spec.constrained_max) / 2
         pad = np.minimum(f * miss / spec.constrained_max, np.minimum(EDGE_PAD_MAX, room))
-        if self.h.widen_pad(torch.as_tensor(pad, dtype=torch.float32)):
+        if widen and self.h.widen_pad(torch.as_tensor(pad, dtype=torch.float32)):
             self.adv.invalidate()
         return {"edge_miss": float((miss / spec.constrained_max).max()), "edge_pad": float(self.h.pad.max())}
 
@@ -261,7 +270,8 @@ class CRABS(Runner):
             env.close()
         new = self.buffer.index(np.arange(n0, len(self.buffer)))
         err = prediction_error(self.model, new["s"], new["a"], new["s2"])
-        edge = self.widen_edge(self.buffer.index(np.arange(min(self.trained_on, n0), len(self.buffer))))
+        edge = self.widen_edge(self.buffer.index(np.arange(min(self.trained_on, n0), len(self.buffer))),
+                               widen=self.cfg.barrier.learn)
         steps = sum(e.length for e in eps)
         return {**edge, "explore_return": float(np.mean([e.ret for e in eps])),
                 "safeguard_rate": sum(e.safeguards for e in eps) / max(steps, 1),
@@ -292,7 +302,9 @@ class CRABS(Runner):
 
     # -- start-up -------------------------------------------------------------------------------
     def startup(self) -> dict:
-        """Initial data (the initial policy with small noise), initial model, initial certificate."""
+        """Initial data (the initial policy with small noise), initial model, initial certificate
+        (with ``barrier.learn: false`` the handcrafted h, which must certify the initial policy as
+        it is: the check, no Alg. 1)."""
         cfg = self.cfg
         actor = StartupActor(self.policy, self.sys.state_low, self.sys.state_high, cfg.init_noise,
                              cfg.init_noise_region, self.rng)
@@ -308,14 +320,18 @@ class CRABS(Runner):
         self.refresh_support()
         edge = self.widen_edge(data)
         info = {**edge, **self.init_certificate()}
-        # the paper's pre-training has no reference certificate; with reg_states other than
-        # "candidates" the fitted one is kept as the reference set, so Alg. 1 carves it rather than
-        # redraws it
-        ref = self.cert.snapshot() if cfg.barrier.reg_states != "candidates" else None
-        found, steps = self.train_certificate(cfg.barrier.pretrain_steps, h_prev=ref)
-        self.safety.certified = found and self.check_certified(cfg.barrier.quiet_steps)
+        if cfg.barrier.learn:
+            # the paper's pre-training has no reference certificate; with reg_states other than
+            # "candidates" the fitted one is kept as the reference set, so Alg. 1 carves it rather
+            # than redraws it
+            ref = self.cert.snapshot() if cfg.barrier.reg_states != "candidates" else None
+            found, steps = self.train_certificate(cfg.barrier.pretrain_steps, h_prev=ref)
+            self.safety.certified = found and self.check_certified(cfg.barrier.quiet_steps)
+            info.update(cert_found=found, cert_steps=steps)
+        else:   # Alg. 2 without line 5: no Alg. 1, the check alone decides
+            self.safety.certified = self.check_certified(cfg.barrier.quiet_steps)
         return {"startup_return": float(np.mean([e.ret for e in eps])),
-                "cert_found": found, "cert_steps": steps, "certified_volume": self.certified_volume(),
+                "certified_volume": self.certified_volume(),
                 "uniform_violations": self.uniform_violations(),
                 **info}
 
@@ -327,13 +343,38 @@ class CRABS(Runner):
     def init_certificate(self) -> dict:
         """Initial certificate for the initial policy and model (the paper assumes one, App. C):
         with ``barrier.init = "rollout"``, h is first fitted to the states whose model rollouts
-        under the policy stay safe for every ensemble member; Alg. 1 then makes it invariant."""
+        under the policy stay safe for every ensemble member; Alg. 1 then makes it invariant. With
+        ``"handcrafted"``, see :meth:`handcraft`."""
         bc = self.cfg.barrier
         if bc.init == "none":
             return {}
+        if bc.init == "handcrafted":
+            return self.handcraft()
         if bc.init != "rollout":
-            raise ValueError(f"barrier.init must be 'rollout' or 'none', got {bc.init!r}")
+            raise ValueError(f"barrier.init must be 'rollout', 'none' or 'handcrafted', got {bc.init!r}")
         return self.fit_to_rollouts(bc.init_fit_steps, regrow=False)
+
+    def handcraft(self) -> dict:
+        """``barrier.init = "handcrafted"``: a level set of the initial policy's quadratic Lyapunov
+        function under the start-up model, cut by B_safe (crabs/handcrafted.py; the level rule uses
+        ``init_samples`` states per level, ``eps`` and ``train_margin``). With ``barrier.learn:
+        false`` (the paper's ablation) that is h for the whole run; otherwise it only starts h: f is
+        fitted to its C_h (hinge loss, ``init_fit_steps``, as for "rollout") and Alg. 1 goes on."""
+        bc, sys = self.cfg.barrier, self.sys
+        fixed = isinstance(self.h, HandcraftedBarrier)
+        hand = self.h if fixed else HandcraftedBarrier.for_box(sys.spec, bc, sys.state_low, sys.state_high)
+        if not fixed:
+            hand.pad.copy_(self.h.pad)
+        info = build_handcrafted(hand, self.model, self.policy, bc.init_samples, bc.eps, bc.train_margin,
+                                 self.tgen)
+        if not fixed:
+            s = torch.cat([self.box_samples(bc.init_samples), self.buffer.all()["s"]])
+            with torch.no_grad():
+                pos = hand(s) >= 0
+            info.update(init_positive=float(pos.float().mean()),
+                        **fit_certificate(self.h, s, pos, bc.init_fit_steps, gen=self.tgen))
+        self.adv.invalidate()
+        return info
 
     def fit_to_rollouts(self, steps: int, regrow: bool) -> dict:
         """Fit h to the states whose model rollouts under the current policy stay safe for every
@@ -458,13 +499,14 @@ class CRABS(Runner):
     def check_policy(self, h_prev: Barrier, pi_prev: dict) -> dict:
         """Alg. 4 lines 5-6 until the adversary is quiet; else the policy rolls back to the one the
         certificate belongs to, which must pass the check under the new model (with ``on_stuck:
-        carry``, failing that, h is carved for it). The outcome decides which policy acts next."""
+        carry``, failing that, h is carved for it, unless h is fixed: ``barrier.learn: false``). The
+        outcome decides which policy acts next."""
         bc = self.cfg.barrier
         ok, steps = self.ensure_policy_certified(bc.max_steps)
         if not ok:
             self.restore(sac_state=pi_prev)
             ok = self.check_certified(bc.quiet_steps)
-            if not ok and bc.on_stuck == "carry":
+            if not ok and bc.on_stuck == "carry" and bc.learn:
                 ok, _ = self.train_certificate(bc.max_steps, h_prev)
         self.safety.after_check(ok, self.policy.state_dict(), self.epoch + 1)
         return {"policy_certified": ok, "policy_cert_steps": steps}
@@ -479,8 +521,11 @@ class CRABS(Runner):
         with lap(timer, "model"):
             self.train_model()                                           # line 4
         with lap(timer, "certificate"):
-            plan = EpochPlan.decide(self.cfg.barrier, self.certified)
-            h_prev, pi_prev = self.update_certificate(plan, row)         # line 5: Alg. 1
+            if self.cfg.barrier.learn:
+                plan = EpochPlan.decide(self.cfg.barrier, self.certified)
+                h_prev, pi_prev = self.update_certificate(plan, row)     # line 5: Alg. 1
+            else:   # barrier.learn false: no line 5, h stays the handcrafted one
+                h_prev, pi_prev = self.h, copy.deepcopy(self.sac.state_dict())
         with lap(timer, "policy"):
             row.update(self.optimise_policy())                           # line 6: Alg. 4
         with lap(timer, "verify"):
@@ -499,6 +544,11 @@ class CRABS(Runner):
         return row
 
     # -- what the run delivers ------------------------------------------------------------------
+    def summary(self, started: float, **fields) -> dict:
+        """The harness's summary, its algorithm "crabs_handcrafted" for ``barrier.learn: false``
+        (``crabs compare`` groups runs by it)."""
+        return {**super().summary(started, **fields), "algorithm": algorithm_of(self.cfg.to_dict())}
+
     def keep_if_best(self, epoch: int, ret: float) -> None:
         """Remember the evaluated (policy, h) pair if it is certified and the best so far."""
         self.safety.offer_best(epoch, ret, self.policy.state_dict(), self.h.state_dict(),

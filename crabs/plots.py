@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from crabs.config import HANDCRAFTED  # noqa: E402
 from crabs.envs import ledger_totals, read_ledger  # noqa: E402
 from crabs.states import uniform  # noqa: E402
 
@@ -53,10 +54,11 @@ def run_curves(folder: str | Path) -> dict:
 def eval_summary(folder: str | Path, algorithm: str) -> dict:
     """The same two numbers for every algorithm, from a run folder's evaluations (metrics.csv):
     ``last_eval`` (the last evaluation of the policy being trained) and ``best_eval`` (the best
-    evaluation; for CRABS only evaluations of a certified triple count, which is the pair CRABS
-    delivers with ``final_policy: best``). None where the run has no evaluation yet."""
+    evaluation; for CRABS and its handcrafted-h ablation only evaluations of a certified triple
+    count, which is the pair CRABS delivers with ``final_policy: best``). None where the run has no
+    evaluation yet."""
     rows = [r for r in read_metrics(Path(folder) / "metrics.csv") if r.get("eval_return") not in ("", None)]
-    if algorithm == "crabs":
+    if algorithm in ("crabs", HANDCRAFTED):
         best_rows = [r for r in rows if str(r.get("policy_certified")) == "True"]
     else:
         best_rows = rows

@@ -70,10 +70,12 @@ def make_model(system: System, cfg):
 
 
 def make_barrier(system: System, cfg):
-    """The certificate h (Sec. 3) for ``system``'s state box under a CRABS ``Config``."""
-    from crabs.barrier import Barrier
+    """The certificate h (Sec. 3) for ``system``'s state box under a CRABS ``Config``: the learned
+    ``Barrier``, or with ``barrier.learn: false`` the fixed ``HandcraftedBarrier`` (built at start-up,
+    crabs/handcrafted.py)."""
+    from crabs.handcrafted import barrier_type
 
-    return Barrier.for_box(system.spec, cfg.barrier, system.state_low, system.state_high)
+    return barrier_type(cfg.barrier).for_box(system.spec, cfg.barrier, system.state_low, system.state_high)
 
 
 def builtin_system(task: str, hidden=(64, 64), act: str = "relu", **env_kwargs) -> System:

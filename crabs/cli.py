@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -124,7 +125,28 @@ def cmd_baseline(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from crabs import sweep
+
+    try:
+        sweep.require_ray()
+    except ImportError as e:
+        print(f"crabs: error: {e}", file=sys.stderr)
+        return 2
+    rows = sweep.run_sweep(args.out, args.tasks, args.algorithms, args.seeds, sets=args.set or [],
+                           grid=args.grid or [], epochs=args.epochs, steps=args.steps,
+                           cpus_per_trial=args.cpus_per_trial, num_cpus=args.num_cpus, address=args.address,
+                           retries=args.retries, quiet=args.quiet)
+    print(sweep.format_table(rows))
+    print(f"rows: {Path(args.out) / sweep.SWEEP_FILE}")
+    if any(r["status"] == sweep.STATUS_INTERRUPTED for r in rows):
+        print("crabs: interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 1 if sweep.sweep_failed(rows) else 0
+
+
 def cmd_compare(args) -> int:
+    from crabs.config import algorithm_of
     from crabs.envs import ledger_totals, read_ledger
     from crabs.plots import eval_summary, figure2
     from crabs.runs import METRICS, RunDir
@@ -139,7 +161,7 @@ def cmd_compare(args) -> int:
         if not info:  # an unfinished run: its config names it, the ledger counts it
             conf = folder.read_config() or {}
             led = read_ledger(folder.ledger)
-            info = {"algorithm": conf.get("algorithm", "crabs"), "seed": conf.get("seed"),
+            info = {"algorithm": algorithm_of(conf), "seed": conf.get("seed"),
                     "task": conf.get("task"), **ledger_totals(led).to_dict(),
                     "offline_violations": ledger_totals(led, tag="offline").violations,
                     "final_eval_return": None}
@@ -164,7 +186,7 @@ def cmd_compare(args) -> int:
     for t in table:
         groups.setdefault((str(t.get("task")), str(t.get("algorithm"))), []).append(t)
     if groups:
-        print(f"\n{'task':8s} {'algorithm':12s} {'runs':>4s} {'online violations (mean, max)':>30s} "
+        print(f"\n{'task':8s} {'algorithm':17s} {'runs':>4s} {'online violations (mean, max)':>30s} "
               f"{'last eval (mean +- std)':>24s} {'best eval (mean +- std)':>24s}")
         for (task, algo), g in groups.items():
             v = [t.get("violations", 0) - t.get("offline_violations", 0) for t in g]
@@ -172,7 +194,7 @@ def cmd_compare(args) -> int:
             for key in ("last_eval", "best_eval"):
                 r = [t[key] for t in g if t.get(key) is not None]
                 cols.append(f"{np.mean(r):.4g} +- {np.std(r):.2g}" if r else "-")
-            print(f"{task:8s} {algo:12s} {len(g):>4d} {f'{np.mean(v):.1f}, {max(v)}':>30s} "
+            print(f"{task:8s} {algo:17s} {len(g):>4d} {f'{np.mean(v):.1f}, {max(v)}':>30s} "
                   f"{cols[0]:>24s} {cols[1]:>24s}")
     print(f"figure: {out}")
     return 0
@@ -264,6 +286,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", metavar="DIR", help="continue an interrupted run in DIR")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_baseline)
+
+    s = sub.add_parser("sweep", help="tasks x algorithms x seeds as Ray Tune trials, one run folder each "
+                       "(needs crabs[sweep]); rerun the same command to resume")
+    s.add_argument("--tasks", type=_task, nargs="+", required=True)
+    s.add_argument("--algorithms", nargs="+", required=True, metavar="ALGORITHM",
+                   choices=["crabs", "crabs_handcrafted", "sac", "cpo", "recovery_rl", "sqrl"],
+                   help="crabs, its ablation crabs_handcrafted (Sec. 6: a fixed handcrafted h) and/or the "
+                        "baselines sac, cpo, recovery_rl, sqrl")
+    s.add_argument("--seeds", type=int, nargs="+", default=[0], help="default: 0")
+    s.add_argument("--out", required=True, help="sweep folder: OUT/<task>/<algorithm>/seed<k> per trial, "
+                   "OUT/sweep.json at the end")
+    s.add_argument("--set", action="append", metavar="[ALGORITHM:]KEY=VALUE",
+                   help="override one config key of every trial, or with ALGORITHM: of that algorithm's "
+                        "(repeatable), e.g. --set sac.tau=0.01 --set crabs:epochs=4")
+    s.add_argument("--grid", action="append", metavar="[ALGORITHM:]KEY=[V1,V2,...]",
+                   help="one more dimension of the sweep: a trial per value (repeatable; folders "
+                        "OUT/<task>/<algorithm>/KEY=V/seed<k>), e.g. --grid crabs:sac.tau=[0.005,0.01]")
+    s.add_argument("--epochs", type=_positive_int, help="CRABS epochs (default: the task's config)")
+    s.add_argument("--steps", type=_positive_int, help="the baselines' online real steps (default: the "
+                   "task's budget)")
+    s.add_argument("--cpus-per-trial", type=_positive_int, default=1,
+                   help="CPUs (and torch threads) per trial (default 1)")
+    s.add_argument("--num-cpus", type=_positive_int,
+                   help="CPUs of the local Ray instance (default: all; not with --address)")
+    s.add_argument("--address", help="attach to this Ray cluster (e.g. auto, or HOST:6379) instead of "
+                   "starting a local one; OUT must be on a filesystem its nodes share")
+    s.add_argument("--retries", type=int, default=0,
+                   help="restarts of a crashed trial (each resumes its run folder) before it counts as "
+                        "failed (default 0)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser("compare", help="Figure 2 of several run folders (CRABS and baselines) and "
                        "their violations and returns")

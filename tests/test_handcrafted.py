@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from tiny import TINY
 from torch import nn
 
 from crabs.barrier import Barrier, CertificateTrainer
@@ -26,14 +27,6 @@ from crabs.handcrafted import (
 from crabs.loop import CRABS
 from crabs.system import builtin_system
 
-TINY = {   # tests/test_loop.py's reduced Upright run
-    "task": "upright", "epochs": 2, "init_episodes": 2, "init_noise": 0.1,
-    "dynamics": {"hidden": [32, 32], "init_steps": 300, "steps_per_epoch": 100},
-    "barrier": {"hidden": [32, 32], "init_samples": 2048, "init_rollout_steps": 60, "init_fit_steps": 300,
-                "pretrain_steps": 400, "max_steps": 300, "quiet_steps": 20},
-    "mala": {"chains": 128},
-    "sac": {"hidden": [64, 64], "critic_hidden": [32, 32], "steps_per_epoch": 60, "batch": 64},
-}
 HAND = {"init": "handcrafted", "learn": False}
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny import TINY as TINY_RUN
 
 from crabs import render
 from crabs.cli import main
@@ -21,15 +22,8 @@ from crabs.loop import train
 from crabs.render import RenderError, animate, cartpole_frames, frame_steps, record_episode, render_run
 from crabs.system import System, builtin_system
 
-# tests/test_loop.py's reduced Upright run, one epoch: enough for a delivered (policy, h) pair
-TINY = {
-    "task": "upright", "epochs": 1, "init_episodes": 2, "init_noise": 0.1,
-    "dynamics": {"hidden": [32, 32], "init_steps": 300, "steps_per_epoch": 100},
-    "barrier": {"hidden": [32, 32], "init_samples": 2048, "init_rollout_steps": 60, "init_fit_steps": 300,
-                "pretrain_steps": 400, "max_steps": 300, "quiet_steps": 20},
-    "mala": {"chains": 128},
-    "sac": {"hidden": [64, 64], "critic_hidden": [32, 32], "steps_per_epoch": 60, "batch": 64},
-}
+# tests/tiny.py's reduced Upright run, one epoch: enough for a delivered (policy, h) pair
+TINY = {**TINY_RUN, "epochs": 1}
 
 
 @pytest.fixture(scope="module")

@@ -81,13 +81,7 @@ class Barrier(nn.Module):
         """B_safe of App. C.1 with each limit moved inwards by the edge pad: C_h keeps
         |z_j| <= 1 - pad_j, so a real next state that lies within pad_j (in units of the limit) of
         the model's prediction for a state of C_h is safe."""
-        if not bool((self.pad > 0).any()):
-            return self.spec.B_safe_torch(s)
-        self.spec._check(s)
-        idx = torch.as_tensor(self.spec.constrained_index, device=s.device)
-        zmax = torch.as_tensor(self.spec.constrained_max, dtype=s.dtype, device=s.device)
-        z = s.index_select(-1, idx).abs() / zmax
-        return torch.relu(100.0 * (z - 1.0 + self.spec.margin + self.pad.to(s.dtype))).amax(dim=-1)
+        return self.spec.B_safe_torch(s, self.pad)
 
     @torch.no_grad()
     def widen_pad(self, pad: torch.Tensor) -> bool:

@@ -97,13 +97,18 @@ class SafetySpec:
         out = w.max(axis=-1)
         return float(out) if out.ndim == 0 else out
 
-    def B_safe_torch(self, s: torch.Tensor) -> torch.Tensor:
-        """B_safe(s) on a batch of torch states (..., dim); differentiable almost everywhere."""
+    def B_safe_torch(self, s: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        """B_safe(s) on a batch of torch states (..., dim); differentiable almost everywhere. ``pad``
+        (one per constrained coordinate, in units of its limit) moves each limit inwards by that
+        much (the certificate's edge pad, ``barrier.edge_factor``)."""
         self._check(s)
         idx = torch.as_tensor(self._index, device=s.device)
         zmax = torch.as_tensor(self._zmax, dtype=s.dtype, device=s.device)
         z = s.index_select(-1, idx).abs() / zmax
-        return torch.relu(100.0 * (z - 1.0 + self.margin)).amax(dim=-1)
+        w = z - 1.0 + self.margin
+        if pad is not None:
+            w = w + pad.to(s.dtype)
+        return torch.relu(100.0 * w).amax(dim=-1)
 
     def is_safe_torch(self, s: torch.Tensor) -> torch.Tensor:
         self._check(s)

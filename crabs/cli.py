@@ -134,7 +134,7 @@ def cmd_sweep(args) -> int:
         print(f"crabs: error: {e}", file=sys.stderr)
         return 2
     rows = sweep.run_sweep(args.out, args.tasks, args.algorithms, args.seeds, sets=args.set or [],
-                           grid=args.grid or [], epochs=args.epochs, steps=args.steps,
+                           grid=args.grid or [], epochs=args.epochs, steps=args.steps, budget=args.budget,
                            cpus_per_trial=args.cpus_per_trial, num_cpus=args.num_cpus, address=args.address,
                            retries=args.retries, quiet=args.quiet)
     print(sweep.format_table(rows))
@@ -304,8 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one more dimension of the sweep: a trial per value (repeatable; folders "
                         "OUT/<task>/<algorithm>/KEY=V/seed<k>), e.g. --grid crabs:sac.tau=[0.005,0.01]")
     s.add_argument("--epochs", type=_positive_int, help="CRABS epochs (default: the task's config)")
-    s.add_argument("--steps", type=_positive_int, help="the baselines' online real steps (default: the "
-                   "task's budget)")
+    s.add_argument("--steps", type=_positive_int, help="the baselines' online real steps, the same on every "
+                   "task (default: --budget's)")
+    s.add_argument("--budget", default="crabs", metavar="crabs|paper|Kx",
+                   help="the baselines' online real steps per task: crabs (default; about a CRABS run's env "
+                        "steps on that task), paper (the paper's 10^6) or a multiple of crabs such as 3x")
     s.add_argument("--cpus-per-trial", type=_positive_int, default=1,
                    help="CPUs (and torch threads) per trial (default 1)")
     s.add_argument("--num-cpus", type=_positive_int,

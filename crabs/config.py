@@ -431,6 +431,17 @@ def drop_retired(data: dict) -> dict:
     return data
 
 
+def nest(key: str, value: typing.Any) -> dict:
+    """A dotted key and its value as a nested dict: ``nest("sac.tau", 0.01) == {"sac": {"tau": 0.01}}``
+    (ValueError for an empty part, e.g. ``sac..tau``)."""
+    path = key.strip().split(".")
+    if not all(path):
+        raise ValueError(f"bad key {key!r}: expected dotted keys, e.g. sac.tau")
+    for name in reversed(path):
+        value = {name: value}
+    return value
+
+
 def parse_overrides(items: Sequence[str]) -> dict:
     """``--set`` items (``KEY=VALUE``, dotted keys, e.g. ``sac.tau=0.01``) as a nested dict to overlay
     on a config, each value parsed as YAML (0.01 a number, true a bool, [32, 32] a list, text a
@@ -439,16 +450,13 @@ def parse_overrides(items: Sequence[str]) -> dict:
     out: dict = {}
     for item in items:
         key, eq, text = item.partition("=")
-        path = key.strip().split(".")
-        if not eq or not all(path):
+        if not eq or not all(key.strip().split(".")):
             raise ValueError(f"--set {item!r}: expected KEY=VALUE (dotted keys, e.g. sac.tau=0.01)")
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError:
             raise ValueError(f"--set {item!r}: the value is not valid YAML") from None
-        for name in reversed(path):
-            value = {name: value}
-        _deep_update(out, value)
+        _deep_update(out, nest(key, value))
     return out
 
 

@@ -35,7 +35,8 @@ import torch
 import yaml
 
 from crabs.baselines import BASELINES
-from crabs.config import _deep_update
+from crabs.baselines.config import budget_steps
+from crabs.config import _deep_update, nest
 from crabs.envs import get_task, ledger_totals, read_ledger
 from crabs.runs import CONFIG, LEDGER, RunDir, prepare_run_dir
 
@@ -107,15 +108,6 @@ def _scoped(item: str, flag: str) -> tuple[str | None, str]:
     return scope, rest
 
 
-def _nest(key: str, value: Any) -> dict:
-    path = key.strip().split(".")
-    if not all(path):
-        raise ValueError(f"bad key {key!r}: expected dotted keys, e.g. sac.tau")
-    for name in reversed(path):
-        value = {name: value}
-    return value
-
-
 def _check_keys(overrides: dict, flag: str) -> None:
     for key, why in (("seed", "the seeds are given by --seeds"), ("task", "the tasks are given by --tasks"),
                      ("algorithm", "the algorithms are given by --algorithms")):
@@ -151,7 +143,7 @@ def parse_grid(items: Sequence[str]) -> list[tuple[str | None, str, list]]:
         if not key.strip() or not isinstance(values, list) or not values:
             raise ValueError(f"--grid {item!r}: expected KEY=[V1, V2, ...] (a YAML list), e.g. "
                              "sac.tau=[0.005,0.01]")
-        _nest(key, None)
+        nest(key, None)
         _check_keys({key.strip().split(".")[0]: None}, "--grid")
         out.append((scope, key.strip(), values))
     return out
@@ -197,7 +189,7 @@ def trial_config(trial: Trial, sets: dict[str | None, dict] | None = None, epoch
     _deep_update(overrides, copy.deepcopy(sets.get(None, {})))
     _deep_update(overrides, copy.deepcopy(sets.get(trial.algorithm, {})))
     for key, value in trial.variant:
-        _deep_update(overrides, _nest(key, copy.deepcopy(value)))
+        _deep_update(overrides, nest(key, copy.deepcopy(value)))
     try:
         if trial.algorithm in CRABS_VARIANTS:
             cfg = load_config(None, task=trial.task, overrides=overrides)
@@ -476,30 +468,49 @@ def _trial_dirname(t) -> str:
     return t.config["trial"]["name"].replace("/", "_")
 
 
+def trial_specs(trials: Sequence[Trial], root: Path, sets: dict[str | None, dict] | None = None,
+                epochs: int | None = None, steps: int | None = None, budget: str = "crabs",
+                threads: int = 1) -> list[dict]:
+    """What each trial runs (see :func:`run_trial`): its name, algorithm, folder under ``root``,
+    torch threads and config, the baselines' online steps being ``steps`` on every task or else
+    ``budget``'s for the trial's task. Every config is built here, so a bad one is refused before
+    anything runs."""
+    if steps is not None and budget != "crabs":
+        raise ValueError(f"give the baselines' steps or a budget, not both (--steps {steps}, "
+                         f"--budget {budget})")
+    specs = []
+    for t in trials:
+        # "crabs" leaves total_steps unset (the task's BUDGET), as in a sweep without --budget
+        n = budget_steps(budget, t.task) if budget != "crabs" else None
+        n = steps if steps is not None or t.algorithm in CRABS_VARIANTS else n
+        specs.append({"name": t.name, "algorithm": t.algorithm, "out": str(t.folder(root)),
+                      "threads": threads, "config": trial_config(t, sets, epochs, n).to_dict()})
+    return specs
+
+
 def run_sweep(out: str | os.PathLike, tasks: Sequence[str], algorithms: Sequence[str],
               seeds: Sequence[int] = (0,), sets: Sequence[str] = (), grid: Sequence[str] = (),
-              epochs: int | None = None, steps: int | None = None, cpus_per_trial: float = 1,
-              num_cpus: int | None = None, address: str | None = None, retries: int = 0,
-              quiet: bool = False) -> list[dict]:
+              epochs: int | None = None, steps: int | None = None, budget: str = "crabs",
+              cpus_per_trial: float = 1, num_cpus: int | None = None, address: str | None = None,
+              retries: int = 0, quiet: bool = False) -> list[dict]:
     """Run the sweep into ``out`` (see the module docstring) and return sweep.json's rows.
 
     ``sets``/``grid`` are the ``--set``/``--grid`` items; ``epochs`` (CRABS) and ``steps`` (the
-    baselines' online steps) override the configs. Ray: an instance this process already started
-    is used as it is; else ``address`` attaches to a cluster; else a local instance with
-    ``num_cpus`` CPUs (default: all) is started and shut down at the end. A trial takes
-    ``cpus_per_trial`` CPUs (and as many torch threads); a crashed trial is retried ``retries``
-    times (resuming from its folder) before it counts as failed."""
+    baselines' online steps, the same on every task) override the configs; ``budget`` sets the
+    baselines' steps per task instead (:func:`crabs.baselines.config.budget_steps`: "crabs", the
+    default, about a CRABS run's env steps; "paper", 10^6; "3x", three times CRABS's). Ray: an
+    instance this process already started is used as it is; else ``address`` attaches to a
+    cluster; else a local instance with ``num_cpus`` CPUs (default: all) is started and shut down
+    at the end. A trial takes ``cpus_per_trial`` CPUs (and as many torch threads); a crashed trial
+    is retried ``retries`` times (resuming from its folder) before it counts as failed."""
     require_ray()
     if retries < 0:
         raise ValueError(f"--retries must be >= 0, got {retries}")
     if address and num_cpus:
         raise ValueError("--num-cpus sizes a local Ray instance: not with --address")
     trials = expand(tasks, algorithms, seeds, parse_grid(grid))
-    parsed = parse_sets(sets)
     root = Path(out).resolve()
-    threads = max(1, int(cpus_per_trial))
-    specs = [{"name": t.name, "algorithm": t.algorithm, "out": str(t.folder(root)), "threads": threads,
-              "config": trial_config(t, parsed, epochs, steps).to_dict()} for t in trials]
+    specs = trial_specs(trials, root, parse_sets(sets), epochs, steps, budget, max(1, int(cpus_per_trial)))
     prepare_run_dir(root)   # (after every config is known to be good)
     if not quiet:
         before = {"finished": 0, "interrupted": 0}

@@ -217,3 +217,21 @@ def test_failing_trials_are_reported_and_the_others_finish(tmp_path, local_ray, 
         assert t in printed and why in printed
         assert (Path(row["tune_dir"]) / "error.txt").exists()
         assert not (out / t / "ledger.jsonl").exists()   # the run there was not touched
+
+
+def test_budgets_set_the_baselines_steps_per_task(tmp_path):
+    trials = sweep.expand(["upright", "move"], ["crabs", "sac"], [0])
+    steps = {s["name"]: s["config"].get("total_steps")
+             for s in sweep.trial_specs(trials, tmp_path, budget="3x")}
+    # three times each task's CRABS-sized budget; CRABS itself is untouched
+    assert steps == {"upright/crabs/seed0": None, "upright/sac/seed0": 15000,
+                     "move/crabs/seed0": None, "move/sac/seed0": 270000}
+    paper = sweep.trial_specs(trials, tmp_path, budget="paper")
+    assert [s["config"].get("total_steps") for s in paper] == [None, 1_000_000, None, 1_000_000]
+    # the default leaves the baselines' config as a sweep without --budget had it (0: the BUDGET)
+    assert [s["config"].get("total_steps") for s in sweep.trial_specs(trials, tmp_path)] == [None, 0, None, 0]
+    with pytest.raises(ValueError, match="not both"):
+        sweep.trial_specs(trials, tmp_path, steps=300, budget="paper")
+    for bad in ("3", "x", "-2x", "lots"):
+        with pytest.raises(ValueError, match="'crabs', 'paper' or a positive multiple"):
+            sweep.trial_specs(trials, tmp_path, budget=bad)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +14,27 @@ ALGORITHMS = ("sac", "cpo", "recovery_rl", "sqrl")
 
 BUDGET = {"upright": 5000, "tilt": 10000, "move": 90000, "swing": 250000}
 """Default online real steps per task: about what the task's default CRABS run takes."""
+
+PAPER_STEPS = 1_000_000
+"""The baselines' online real steps in the paper (Sec. 6: 10^6 for every task)."""
+
+
+def budget_steps(budget: str, task: str) -> int:
+    """A baseline's online real steps on built-in ``task`` under ``budget``: ``"crabs"`` (the task's
+    :data:`BUDGET`, about a CRABS run's env steps), ``"paper"`` (:data:`PAPER_STEPS`) or ``"<k>x"``
+    (k times the task's BUDGET, e.g. ``"3x"``)."""
+    name = get_task(task).name
+    if name not in BUDGET:
+        raise ValueError(f"task {task!r} has no default budget: give the baselines' steps instead")
+    if budget == "crabs":
+        return BUDGET[name]
+    if budget == "paper":
+        return PAPER_STEPS
+    m = re.fullmatch(r"(\d+(?:\.\d*)?)x", str(budget))
+    if m is None or float(m.group(1)) <= 0:
+        raise ValueError(f"budget must be 'crabs', 'paper' or a positive multiple of the CRABS budget "
+                         f"such as '3x', got {budget!r}")
+    return max(1, round(float(m.group(1)) * BUDGET[name]))
 
 PENALTY: dict[str, float | None] = {"sac": 30.0, "cpo": None, "recovery_rl": None, "sqrl": None}
 """Default violation penalty per algorithm: SAC 30 (App. C.3); the others add none (RecoveryRL "without

@@ -188,10 +188,30 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
     # R.3 (invariance) holds as far as the audit can see: no certified state with U > 0 under the
     # model (the fresh adversary included), and no rollout that left C_h in the true dynamics
     m = result["R3_model"]
-    result["R3_holds"] = (m["adversary_max_U"] <= 0 and m["uniform_U_positive"] == 0
-                          and t.get("rollouts_leaving_C_h", 0) == 0)
+    result["R3_model_holds"] = m["adversary_max_U"] <= 0 and m["uniform_U_positive"] == 0
+    result["R3_holds"] = result["R3_model_holds"] and t.get("rollouts_leaving_C_h", 0) == 0
     write_json(out / "verify.json", result)
     return result
 
 
-__all__ = ["RunPair", "load_run", "verify_run"]
+def summary_line(r: dict) -> str:
+    """:func:`verify_run`'s result in one line, ending in the verdict: sound or not, and whether
+    R.3 holds under the pair's own model and in the true dynamics (the bench scripts print it)."""
+    m, d, c = r["R3_model"], r.get("R3_true_dynamics", {}), r["R1_R2"]
+    line = (f"certified {c['certified']:.3f} of the box, certified-but-unsafe {c['certified_but_unsafe']}; "
+            f"model: adversary max U {m['adversary_max_U']:.3g} ({m['adversary_chains']} chains), U > 0 at "
+            f"{m['uniform_U_positive']} of {m['uniform_certified_states']} certified states; true dynamics "
+            f"from {d.get('starts', 0)} certified states: left C_h after one step "
+            f"{d.get('one_step_exits_C_h')}, rollouts leaving C_h {d.get('rollouts_leaving_C_h')}, "
+            f"violating {d.get('rollouts_violating')} ({d.get('horizon')} steps)")
+    if "oracle" in r:
+        line += f"; certified but not viable {r['oracle']['certified_not_viable_states']}"
+    model_holds = r.get("R3_model_holds", r["R3_holds"])
+    verdict = "sound" if r["sound"] else "UNSOUND"
+    verdict += ", R.3 holds under the model" if model_holds else ", R.3 FAILS under the model"
+    if model_holds:
+        verdict += " and in the true dynamics" if r["R3_holds"] else " but not in the true dynamics"
+    return f"{line} -> {verdict}"
+
+
+__all__ = ["RunPair", "load_run", "summary_line", "verify_run"]

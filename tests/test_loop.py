@@ -86,7 +86,7 @@ def test_verify_audits_the_delivered_pair_apart_from_the_run(tiny_run, tmp_path,
 
     from crabs.cli import main
     from crabs.envs import ledger_totals
-    from crabs.verify import verify_run
+    from crabs.verify import summary_line, verify_run
 
     out, summary = tiny_run
     run = tmp_path / "run"
@@ -116,6 +116,7 @@ def test_verify_audits_the_delivered_pair_apart_from_the_run(tiny_run, tmp_path,
     # the audit ledger continues its counts across audits
     assert ledger_totals(read_ledger(run / "verify" / "ledger.jsonl")).episodes == 20
     assert bad["R3_model"]["uniform_U_positive"] > 0   # the model sees it too
+    assert not bad["R3_model_holds"] and summary_line(bad).endswith("-> UNSOUND, R.3 FAILS under the model")
     with pytest.raises(ValueError, match="which must be 'delivered' or 'last'"):
         verify_run(run, which="best")
 

@@ -480,9 +480,9 @@ def trial_specs(trials: Sequence[Trial], root: Path, sets: dict[str | None, dict
                          f"--budget {budget})")
     specs = []
     for t in trials:
-        # "crabs" leaves total_steps unset (the task's BUDGET), as in a sweep without --budget
-        n = budget_steps(budget, t.task) if budget != "crabs" else None
-        n = steps if steps is not None or t.algorithm in CRABS_VARIANTS else n
+        # "crabs" leaves total_steps unset (the task's BUDGET), as in a sweep without --budget; a
+        # CRABS trial's config ignores the steps
+        n = steps if steps is not None else budget_steps(budget, t.task) if budget != "crabs" else None
         specs.append({"name": t.name, "algorithm": t.algorithm, "out": str(t.folder(root)),
                       "threads": threads, "config": trial_config(t, sets, epochs, n).to_dict()})
     return specs

@@ -206,10 +206,9 @@ def summary_line(r: dict) -> str:
             f"violating {d.get('rollouts_violating')} ({d.get('horizon')} steps)")
     if "oracle" in r:
         line += f"; certified but not viable {r['oracle']['certified_not_viable_states']}"
-    model_holds = r.get("R3_model_holds", r["R3_holds"])
     verdict = "sound" if r["sound"] else "UNSOUND"
-    verdict += ", R.3 holds under the model" if model_holds else ", R.3 FAILS under the model"
-    if model_holds:
+    verdict += ", R.3 holds under the model" if r["R3_model_holds"] else ", R.3 FAILS under the model"
+    if r["R3_model_holds"]:
         verdict += " and in the true dynamics" if r["R3_holds"] else " but not in the true dynamics"
     return f"{line} -> {verdict}"
 

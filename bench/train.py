@@ -56,7 +56,7 @@ def verify_line(out: Path, module: str | None) -> bool:
     t = time.time()
     r = verify_run(out, system=load_system(module) if module else None)
     print(f"  verify: {summary_line(r)} ({time.time() - t:.0f} s)", flush=True)
-    return r["sound"] and r["R3_model_holds"]
+    return r["has_certificate"] and r["sound"] and r["R3_model_holds"]
 
 
 def main() -> int:

@@ -208,7 +208,7 @@ def cmd_verify(args) -> int:
     result = verify_run(args.run, system, which=args.which, states=args.states, horizon=args.horizon,
                         chains_mult=args.chains_mult, steps=args.steps, seed=args.seed)
     print(json.dumps(result, indent=2))
-    return 0 if result["sound"] and result["R3_holds"] else 1
+    return 0 if result["has_certificate"] and result["sound"] and result["R3_holds"] else 1
 
 
 def cmd_render(args) -> int:

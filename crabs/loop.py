@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from crabs.mala import Adversary
 from crabs.rollout import Step, mean_actor, run_episode
 from crabs.runs import Runner
 from crabs.sac import ConstrainedSAC
-from crabs.safety import EpochPlan, SafetyState, next_dilation
+from crabs.safety import EpochPlan, SafetyState, certified_epochs, next_dilation
 from crabs.states import certified_samples, uniform, volume_on
 from crabs.system import System, make_barrier, make_model
 
@@ -53,6 +54,20 @@ AUDIT_SAMPLES = 20000
 EDGE_PAD_MAX = 0.25
 """The edge pad never takes more than a quarter of a limit: a model that misses by more has not
 learnt the system, and the pad would leave little of the safe set."""
+
+
+class NoCertificateWarning(UserWarning):
+    """No (model, h, policy) triple has been certified yet, so the initial policy acts."""
+
+
+STARTUP_UNCERTIFIED = (
+    "start-up did not certify the initial policy: Alg. 1 was not quiet under the start-up model. "
+    "The initial policy acts (no exploration beyond it) and every epoch tries again on more data. "
+    "If no epoch certifies, see docs/troubleshooting.md")
+NEVER_CERTIFIED = (
+    "no (model, h, policy) triple was certified in any epoch: the initial policy acted throughout "
+    "(safe only as far as the initial policy itself is), nothing was learnt, and the run's h is an "
+    "uncertified fit, not a certificate. docs/troubleshooting.md lists the causes and what to change")
 
 
 @contextmanager
@@ -636,6 +651,8 @@ class CRABS(Runner):
             self.rows.append(row)
             self.write_metrics()
             self.save()
+            if not self.certified:
+                warnings.warn(STARTUP_UNCERTIFIED, NoCertificateWarning, stacklevel=2)
         bar = self.progress_bar(self.cfg.epochs, self.epoch, "epoch")
         while self.epoch < self.cfg.epochs:
             row = self.run_epoch()
@@ -655,6 +672,9 @@ class CRABS(Runner):
         self.save_policy(epoch=policy_epoch)
         final = self.evaluate()
         self.write_metrics()
+        n_certified = len(certified_epochs(self.rows))
+        if n_certified == 0:
+            warnings.warn(NEVER_CERTIFIED, NoCertificateWarning, stacklevel=2)
         return self.summary(
             started, final_eval_return=final["eval_return"],
             # the delivered policy (final_policy): its epoch, and the last epoch's evaluation
@@ -674,7 +694,10 @@ class CRABS(Runner):
                                    for r in self.rows) + final["eval_model_failures"]),
             exits_C_h=int(sum(r.get("exits_C_h", 0) + r.get("eval_exits_C_h", 0) for r in self.rows)
                           + final["eval_exits_C_h"]),
-            certified=last_certified)
+            certified=last_certified,
+            # epochs (start-up included) whose triple was certified; 0: the run never had a
+            # certificate (the initial policy acted throughout, h is an uncertified fit)
+            certified_epochs=n_certified)
 
 
 # -- the public entry point -------------------------------------------------------------------

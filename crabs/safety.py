@@ -115,3 +115,10 @@ class SafetyState:
                                     if r.get("policy_certified") is True and "epoch" in r])
         return cls(copy.deepcopy(d["safe_policy"]), int(safe_epoch), bool(d["certified"]), d.get("best"),
                    float(d.get("dilation", default_dilation)))
+
+
+def certified_epochs(rows) -> list[int]:
+    """The epochs (0: start-up) whose check certified the triple, from a run's metrics rows. None at
+    all means the run never had a certificate: the initial policy acted throughout (safe only by the
+    user's assumption about it), nothing was learnt, and h is an uncertified fit."""
+    return [int(r["epoch"]) for r in rows if "epoch" in r and r.get("policy_certified") in (True, "True")]

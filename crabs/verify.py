@@ -13,6 +13,10 @@ tools independent of those that trained it.
   ``RUN/verify/ledger.jsonl``, and do not touch the run's counts.
 * For the 2-D pendulum tasks, the oracle's judgement: certified states that are not viable.
 
+A run none of whose epochs certified a triple (start-up included) has no certificate, only an
+uncertified fit of h: the result says so (``has_certificate`` false) and the verdict is NO
+CERTIFICATE, whatever the audit finds.
+
 It checks the (policy, h) pair the run delivers (``which="delivered"``, the ``final_policy`` pair)
 or the training state's (``"last"``). U is under the model the pair was certified under: the delivered
 pair's own (saved with it; runs from before that was saved: the last model), or the last model.
@@ -34,7 +38,7 @@ from crabs.envs import ledger_totals, read_ledger
 from crabs.mala import Adversary
 from crabs.rollout import Step, mean_actor, run_episode
 from crabs.runs import RunDir, write_json
-from crabs.safety import SafetyState
+from crabs.safety import SafetyState, certified_epochs
 from crabs.states import certified_box, certified_samples, uniform
 from crabs.system import System
 
@@ -51,6 +55,7 @@ class RunPair:
     epochs: int              # epochs the run trained
     pair_epoch: int          # the epoch the pair's policy is from
     certified_at_end: bool   # the training state's last check
+    certified_epochs: int = -1   # epochs whose triple was certified (0: never; -1: not recorded)
 
 
 def load_run(run_dir: str | Path, system: System | None = None, which: str = "delivered") -> RunPair:
@@ -91,7 +96,9 @@ def load_run(run_dir: str | Path, system: System | None = None, which: str = "de
             model.load_state_dict(best["model"])
     elif not safety.certified:   # the last certified policy is the one that acts
         policy.load_state_dict(safety.safe_policy)
-    return RunPair(system, cfg, policy.eval(), h.eval(), model.eval(), epochs, pair_epoch, safety.certified)
+    n_cert = len(certified_epochs(blob["rows"])) if "rows" in blob else -1
+    return RunPair(system, cfg, policy.eval(), h.eval(), model.eval(), epochs, pair_epoch, safety.certified,
+                   n_cert)
 
 
 @torch.no_grad()
@@ -162,6 +169,8 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
     result = {
         "run": str(run_dir), "task": sys.name, "which": which,
         "certified_at_end": bool(pair.certified_at_end),
+        # False: no epoch ever certified a triple, so h is an uncertified fit and not a certificate
+        "has_certificate": pair.certified_epochs != 0,
         "epochs": pair.epochs, "pair_epoch": pair.pair_epoch,
         "R1_R2": {"box_samples": n, "certified": float(cert.float().mean()),
                   "certified_but_unsafe": int((cert & unsafe).sum())},
@@ -206,6 +215,8 @@ def summary_line(r: dict) -> str:
             f"violating {d.get('rollouts_violating')} ({d.get('horizon')} steps)")
     if "oracle" in r:
         line += f"; certified but not viable {r['oracle']['certified_not_viable_states']}"
+    if r.get("has_certificate") is False:
+        return f"{line} -> NO CERTIFICATE (no epoch certified a triple: the initial policy acted throughout)"
     verdict = "sound" if r["sound"] else "UNSOUND"
     verdict += ", R.3 holds under the model" if r["R3_model_holds"] else ", R.3 FAILS under the model"
     if r["R3_model_holds"]:

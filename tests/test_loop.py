@@ -40,6 +40,7 @@ def test_smoke_run_is_safe_and_complete(tiny_run):
     assert summary["model_failures"] >= sum(int(r["model_failures"] or 0) for r in rows)
     # "certified" is the last epoch's check, not the delivered best pair's (which is certified)
     assert summary["certified"] == (rows[-1]["policy_certified"] == "True")
+    assert summary["certified_epochs"] == sum(r["policy_certified"] == "True" for r in rows) >= 1
     for f in ("config.yaml", "metrics.csv", "ledger.jsonl", "figure2.png", "figure3.png",
               "checkpoints/last.pt", "checkpoints/policy.pt"):
         assert (out / f).exists(), f
@@ -95,7 +96,7 @@ def test_verify_audits_the_delivered_pair_apart_from_the_run(tiny_run, tmp_path,
     assert r["R1_R2"]["certified_but_unsafe"] == 0 and 0 < r["R1_R2"]["certified"] < 0.5
     assert r["R3_model"]["adversary_chains"] == TINY["mala"]["chains"]
     t = r["R3_true_dynamics"]
-    assert t["starts"] == 10 and t["rollouts_violating"] == 0 and r["sound"]
+    assert t["starts"] == 10 and t["rollouts_violating"] == 0 and r["sound"] and r["has_certificate"]
     assert r["pair_epoch"] == summary["final_policy_epoch"] and r["epochs"] == summary["epochs"]
     assert r["oracle"]["certified_not_viable_states"] == 0
     assert json.loads((run / "verify" / "verify.json").read_text()) == r
@@ -119,6 +120,33 @@ def test_verify_audits_the_delivered_pair_apart_from_the_run(tiny_run, tmp_path,
     assert not bad["R3_model_holds"] and summary_line(bad).endswith("-> UNSOUND, R.3 FAILS under the model")
     with pytest.raises(ValueError, match="which must be 'delivered' or 'last'"):
         verify_run(run, which="best")
+
+
+def test_a_run_that_never_certifies_says_so(tmp_path, capsys):
+    """Start-up's Alg. 1 stopped before it can go quiet: the initial policy acts, and the run (a
+    warning), its summary and crabs verify (NO CERTIFICATE, exit status 1) all say there is no
+    certificate, whatever the audit of the uncertified h finds."""
+    from crabs.cli import main
+    from crabs.loop import NoCertificateWarning
+    from crabs.verify import summary_line, verify_run
+
+    d = copy.deepcopy(TINY)
+    d["epochs"] = 0
+    d["barrier"]["pretrain_steps"] = d["barrier"]["quiet_steps"] // 2   # too few to be quiet
+    torch.set_num_threads(1)
+    with pytest.warns(NoCertificateWarning) as warned:
+        summary = train("upright", Config.from_dict(d), tmp_path / "run", progress=False)
+    said = " ".join(str(w.message) for w in warned)
+    assert "start-up did not certify" in said and "no (model, h, policy) triple was certified" in said
+    assert summary["violations"] == 0 and summary["certified_epochs"] == 0 and not summary["certified"]
+    assert summary["final_policy_epoch"] == 0   # the initial policy is what the run delivers
+    r = verify_run(tmp_path / "run", n=2000, states=5, horizon=30, chains_mult=1, steps=5)
+    assert r["has_certificate"] is False
+    assert summary_line(r).endswith("-> NO CERTIFICATE (no epoch certified a triple: the initial policy "
+                                    "acted throughout)")
+    assert main(["verify", str(tmp_path / "run"), "--states", "5", "--horizon", "30", "--chains-mult", "1",
+                 "--steps", "5"]) == 1
+    assert json.loads(capsys.readouterr().out)["has_certificate"] is False
 
 
 def test_refuses_to_overwrite_a_run(tiny_run):

@@ -236,14 +236,16 @@ class _PendulumScene:
                     label="theta_lim (Tilt's target)")
         self.pole, = ax.plot([], [], "-", color="tab:blue", lw=6, solid_capstyle="round")
         ax.plot([0], [0], "o", color="k", ms=6)
-        self.text = ax.text(0.02, 0.02, "", transform=ax.transAxes, fontsize=9, family="monospace")
+        # top left: the legend takes the bottom right, and the pole is mostly up and near the middle
+        self.text = ax.text(0.02, 0.98, "", transform=ax.transAxes, fontsize=9, family="monospace", va="top")
         ax.legend(loc="lower right", fontsize=7)
 
     def update(self, t):
         th, thdot = self.rec.states[t][:2]
         self.pole.set_data([0, -np.sin(th)], [0, np.cos(th)])
-        a = self.rec.actions[t][0] if t < len(self.rec.actions) else np.nan
-        self.text.set_text(f"theta {th:+.3f}  theta_dot {thdot:+.3f}\naction {a:+.3f}")
+        # the last state ends the episode: no action is taken there
+        act = f"{self.rec.actions[t][0]:+.3f}" if t < len(self.rec.actions) else "- (episode over)"
+        self.text.set_text(f"theta {th:+.3f}  theta_dot {thdot:+.3f}\naction {act}")
 
 
 class _CartPoleScene:

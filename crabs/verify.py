@@ -7,10 +7,11 @@ tools independent of those that trained it.
   chains, ``steps`` MALA steps on U(s, pi(s), h) over C_h) and U at uniform certified states: the
   largest U found and how many certified states have U > 0.
 * R.3 in the true dynamics (for systems whose ``reset`` accepts ``options={"state": s}``, as the
-  built-in tasks do): from uniform certified states, the mean policy's true next state (does it stay
-  in C_h?) and a rollout of ``horizon`` steps (does it stay safe?). These steps are an audit in
-  simulation, not training: they go through a safety monitor that writes its own ledger,
-  ``RUN/verify/ledger.jsonl``, and do not touch the run's counts.
+  built-in tasks and ``make_state_env`` environments do; for others this part is skipped, and the
+  result says so, before any step is taken): from uniform certified states, the mean policy's
+  true next state (does it stay in C_h?) and a rollout of ``horizon`` steps (does it stay safe?).
+  These steps are an audit in simulation, not training: they go through a safety monitor that
+  writes its own ledger, ``RUN/verify/ledger.jsonl``, and do not touch the run's counts.
 * For the 2-D pendulum tasks, the oracle's judgement: certified states that are not viable.
 
 A run none of whose epochs certified a triple (start-up included) has no certificate, only an
@@ -101,6 +102,10 @@ def load_run(run_dir: str | Path, system: System | None = None, which: str = "de
                    n_cert)
 
 
+class ResetIgnored(ValueError):
+    """The environment's reset does not start at a given state (``options={"state": s}``)."""
+
+
 @torch.no_grad()
 def _rollouts(pair: RunPair, starts: torch.Tensor, horizon: int, audit: RunDir) -> dict:
     """True-dynamics rollouts of the mean policy from each start state, through a monitor writing
@@ -117,9 +122,8 @@ def _rollouts(pair: RunPair, starts: torch.Tensor, horizon: int, audit: RunDir) 
 
             def check_reset(s, s0=s0):
                 if not np.allclose(s, s0, atol=1e-6):
-                    raise ValueError("the environment's reset ignored options={'state': s} (it returned "
-                                     f"{np.round(s, 4).tolist()} for {np.round(s0, 4).tolist()}): "
-                                     "true-dynamics rollouts need it; pass states=0 to skip them")
+                    raise ResetIgnored("the environment's reset ignored options={'state': s} (it returned "
+                                       f"{np.round(s, 4).tolist()} for {np.round(s0, 4).tolist()})")
 
             def on_step(st: Step, s0=s0) -> None:
                 nonlocal exited, worst
@@ -184,7 +188,10 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
         # a certified state outside the safe set is already an R.1 failure; it cannot start a rollout
         starts = inside[sys.spec.is_safe_torch(inside)]
         starts = starts[torch.randperm(len(starts))[:states]]
-        audit = _rollouts(pair, starts, horizon, RunDir(out))
+        try:
+            audit = _rollouts(pair, starts, horizon, RunDir(out))
+        except ResetIgnored as e:   # caught at the first reset, before any step: not checked
+            audit = {"skipped": f"{e}: true-dynamics rollouts need an environment that starts there"}
         result["R3_true_dynamics"] = {"horizon": horizon, **audit}
     if sys.name in ("upright", "tilt"):
         from crabs.judge import judge_certificate
@@ -209,19 +216,23 @@ def summary_line(r: dict) -> str:
     m, d, c = r["R3_model"], r.get("R3_true_dynamics", {}), r["R1_R2"]
     line = (f"certified {c['certified']:.3f} of the box, certified-but-unsafe {c['certified_but_unsafe']}; "
             f"model: adversary max U {m['adversary_max_U']:.3g} ({m['adversary_chains']} chains), U > 0 at "
-            f"{m['uniform_U_positive']} of {m['uniform_certified_states']} certified states; true dynamics "
-            f"from {d.get('starts', 0)} certified states: left C_h after one step "
-            f"{d.get('one_step_exits_C_h')}, rollouts leaving C_h {d.get('rollouts_leaving_C_h')}, "
-            f"violating {d.get('rollouts_violating')} ({d.get('horizon')} steps)")
+            f"{m['uniform_U_positive']} of {m['uniform_certified_states']} certified states; ")
+    if "skipped" in d or not d:
+        why = d.get("skipped", "no rollouts: none asked for, or no certified state to start from")
+        line += f"true dynamics not checked ({why})"
+    else:
+        line += (f"true dynamics from {d.get('starts', 0)} certified states: left C_h after one step "
+                 f"{d.get('one_step_exits_C_h')}, rollouts leaving C_h {d.get('rollouts_leaving_C_h')}, "
+                 f"violating {d.get('rollouts_violating')} ({d.get('horizon')} steps)")
     if "oracle" in r:
         line += f"; certified but not viable {r['oracle']['certified_not_viable_states']}"
     if r.get("has_certificate") is False:
         return f"{line} -> NO CERTIFICATE (no epoch certified a triple: the initial policy acted throughout)"
     verdict = "sound" if r["sound"] else "UNSOUND"
     verdict += ", R.3 holds under the model" if r["R3_model_holds"] else ", R.3 FAILS under the model"
-    if r["R3_model_holds"]:
+    if r["R3_model_holds"] and "skipped" not in d and d:
         verdict += " and in the true dynamics" if r["R3_holds"] else " but not in the true dynamics"
     return f"{line} -> {verdict}"
 
 
-__all__ = ["RunPair", "load_run", "summary_line", "verify_run"]
+__all__ = ["ResetIgnored", "RunPair", "load_run", "summary_line", "verify_run"]

@@ -3,6 +3,7 @@
 reduced config and audited: a 1-D state and a system with three actions, whose shapes the four
 tasks (2-D and 4-D states, one action) never exercise."""
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -59,3 +60,34 @@ def test_a_system_of_another_shape_trains_safely_and_verifies(build, tmp_path):
     r = verify_run(tmp_path / "run", system=system, n=2000, states=5, horizon=30, chains_mult=1, steps=5)
     assert r["has_certificate"] and r["sound"] and r["R1_R2"]["certified_but_unsafe"] == 0
     assert r["R3_true_dynamics"]["starts"] == 5 and r["R3_true_dynamics"]["rollouts_violating"] == 0
+
+
+class StartsAtS0(gym.Wrapper):
+    """An environment whose reset ignores ``options={"state": s}`` (many hand-written ones do)."""
+
+    def reset(self, *, seed=None, options=None):
+        return self.env.reset(seed=seed)
+
+
+def test_verify_skips_the_true_dynamics_of_an_env_that_cannot_start_anywhere(tmp_path):
+    """crabs verify's true-dynamics rollouts need reset(options={"state": s}); without it the audit
+    says it did not check them instead of failing, and takes no step."""
+    from crabs.envs import ledger_totals, read_ledger
+    from crabs.verify import summary_line
+
+    spec, step, reward, act_dim, controller, low, high = integrator()
+    low, high = np.array(low), np.array(high)
+    torch.set_num_threads(1)
+    system = System(name="integrator", spec=spec,
+                    make_env=lambda: StartsAtS0(make_state_env(spec, step, reward, act_dim)),
+                    initial_policy=distill(controller, low, high, steps=300, seed=0),
+                    state_low=low, state_high=high, reward=reward)
+    crabs.train(system, Config().replace(**{k: v for k, v in TINY.items() if k != "task"}),
+                out=tmp_path / "run", progress=False)
+    r = verify_run(tmp_path / "run", system=system, n=2000, states=5, horizon=30, chains_mult=1, steps=5)
+    assert "reset ignored options={'state': s}" in r["R3_true_dynamics"]["skipped"]
+    assert r["has_certificate"] and r["sound"] and r["R3_model_holds"]
+    line = summary_line(r)
+    assert "true dynamics not checked (the environment's reset ignored" in line
+    assert line.endswith("-> sound, R.3 holds under the model")
+    assert ledger_totals(read_ledger(tmp_path / "run" / "verify" / "ledger.jsonl")).env_steps == 0

@@ -125,8 +125,9 @@ def record_episode(system: System, policy, h, ledger: str | os.PathLike, *, tag:
     (``explore.guard_eval``): the policy's action if certified from s, else the initial policy's,
     else the lower U. A cart-pole is drawn once first, so that a machine that cannot draw it takes
     no step."""
-    env = SafetyMonitor(system.make_env(), system.spec, ledger=ledger,
-                        counters=ledger_totals(read_ledger(ledger)), tag=tag)
+    env = system.make_env()
+    system.check_env(env)
+    env = SafetyMonitor(env, system.spec, ledger=ledger, counters=ledger_totals(read_ledger(ledger)), tag=tag)
     actions, rewards = [], []
 
     def on_step(st: Step) -> None:

@@ -145,7 +145,9 @@ class RunDir:
     def monitor(self, system, counters: MonitorCounters, tag: str) -> SafetyMonitor:
         """The system's real environment behind the safety monitor, counting into ``counters`` and
         writing this folder's ledger."""
-        return SafetyMonitor(system.make_env(), system.spec, ledger=self.ledger, counters=counters, tag=tag)
+        env = system.make_env()
+        system.check_env(env)
+        return SafetyMonitor(env, system.spec, ledger=self.ledger, counters=counters, tag=tag)
 
     def save_checkpoint(self, blob: dict) -> Path:
         """checkpoints/last.pt, atomically (temp file + rename)."""

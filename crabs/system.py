@@ -57,6 +57,32 @@ class System:
         if self.initial_policy.obs_dim != d:
             raise ValueError(f"initial policy expects {self.initial_policy.obs_dim}-D states, spec has {d}")
 
+    def check_env(self, env: gym.Env) -> None:
+        """The environment ``make_env`` built, checked against what CRABS assumes before any step
+        is taken: observations are the spec's states (shape (d,)), and actions are a Box of the
+        initial policy's size that holds [-1, 1], where CRABS's policies act (ValueError
+        otherwise). A Box wider than [-1, 1] is allowed with a warning: only [-1, 1] of it is used."""
+        d, k = self.spec.dim, self.initial_policy.act_dim
+        obs, act = env.observation_space, env.action_space
+        if getattr(obs, "shape", None) != (d,):
+            raise ValueError(f"{self.name}: the environment's observation space is {obs}, but the "
+                             f"observation must be the state, {d} coordinates {list(self.spec.state_names)}")
+        if not isinstance(act, gym.spaces.Box) or act.shape != (k,):
+            raise ValueError(f"{self.name}: the environment's action space is {act}, but the initial policy "
+                             f"gives {k} action(s) in [-1, 1] (a Box of shape ({k},))")
+        low, high = np.asarray(act.low, dtype=np.float64), np.asarray(act.high, dtype=np.float64)
+        if np.any(low > -1) or np.any(high < 1):
+            raise ValueError(f"{self.name}: the environment's actions lie in [{low.tolist()}, "
+                             f"{high.tolist()}], which does not hold [-1, 1], where CRABS's policies act: "
+                             f"build the environment as gymnasium.wrappers.RescaleAction(env, -1.0, 1.0) "
+                             f"in make_env")
+        if np.any(low < -1) or np.any(high > 1):
+            import warnings
+
+            warnings.warn(f"{self.name}: the environment's actions lie in [{low.tolist()}, {high.tolist()}]; "
+                          f"CRABS's policies act in [-1, 1] only (to use the whole range, build it as "
+                          f"gymnasium.wrappers.RescaleAction(env, -1.0, 1.0))", stacklevel=2)
+
 
 def make_model(system: System, cfg):
     """The calibrated ensemble (Sec. 4.3) for ``system`` under a CRABS ``Config``: it sees saturated

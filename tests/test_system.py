@@ -67,3 +67,28 @@ def test_known_actuator_saturation_reaches_the_model(tmp_path):
     with pytest.raises(ValueError, match="action_bound must lie in"):
         System(sys_.name, sys_.make_env, sys_.spec, sys_.initial_policy, sys_.state_low,
                sys_.state_high, action_bound=1.5)
+
+
+def test_the_environment_is_checked_before_any_step():
+    """Observations must be the state and actions a Box holding [-1, 1] of the policy's size: one-line
+    errors naming the fix; a wider Box only warns (the policy uses [-1, 1] of it)."""
+    from crabs.envs import make_state_env
+
+    def step(s, a):
+        return np.asarray(s, float) + 0.05 * np.asarray(a, float)[..., :1]
+
+    spec = SafetySpec(("x",), {"x": 1.0}, (0.0,), 10)
+    env = make_state_env(spec, step, lambda s: 0.0, act_dim=1)
+    system = make(spec=spec, initial_policy=TanhGaussianPolicy(1, 1, (8,)), state_low=[-1], state_high=[1])
+    system.check_env(env)   # the built-in convention passes
+    with pytest.raises(ValueError, match=r"RescaleAction\(env, -1.0, 1.0\)"):
+        system.check_env(gym.wrappers.RescaleAction(env, 0.0, 1.0))       # [0, 1]: half of it unusable
+    with pytest.warns(UserWarning, match=r"act in \[-1, 1\] only"):
+        system.check_env(gym.wrappers.RescaleAction(env, -2.0, 2.0))
+    two = make(spec=spec, initial_policy=TanhGaussianPolicy(1, 2, (8,)), state_low=[-1], state_high=[1])
+    with pytest.raises(ValueError, match="gives 2 action"):
+        two.check_env(env)
+    with pytest.raises(ValueError, match=r"must be the state, 2 coordinates \['theta', 'theta_dot'\]"):
+        make().check_env(env)
+    for task in ("upright", "swing"):   # the built-in tasks pass as they are
+        builtin_system(task).check_env(builtin_system(task).make_env())

@@ -7,5 +7,5 @@ from crabs import (
     envs,  # noqa: E402,F401  (registers the crabs/... Gymnasium ids)
 )
 from crabs.envs import TASKS, get_task, make_env  # noqa: E402,F401
-from crabs.loop import train  # noqa: E402,F401
+from crabs.loop import NoCertificateWarning, train  # noqa: E402,F401
 from crabs.system import System  # noqa: E402,F401

@@ -331,7 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("verify", help="audit a CRABS run's certificate (R.1-R.3) with an independent "
-                       "adversary and true-dynamics rollouts; exit status 1 if unsound or R.3 fails")
+                       "adversary and true-dynamics rollouts; exit status 1 if the run has no certificate, "
+                       "it is unsound or R.3 fails")
     s.add_argument("run", help="run folder")
     s.add_argument("--system", metavar="MODULE[:FUNCTION]",
                    help="the run's system, for a run of your own (see crabs train --system)")

@@ -124,7 +124,8 @@ def distill(control: Callable[[np.ndarray], np.ndarray], low: np.ndarray, high: 
             hidden: Sequence[int] = DEFAULT_HIDDEN, act: str = "relu", steps: int = 4000,
             batch: int = 1024, seed: int = 0) -> TanhGaussianPolicy:
     """Fit tanh(mu(s)) to ``control(s)`` on states uniform in [low, high] (half the batch) and
-    Gaussian around 0 (the other half, for precision where the policy will live); log sigma is
+    Gaussian around the box's centre (the other half, for precision where the policy will live;
+    the built-in boxes are centred on 0); log sigma is
     fitted to the constant INIT_LOG_STD. Pure regression: no environment is touched.
 
     ``control`` maps a batch of float64 states (n, d) to actions (n, k): the policy gets k actions
@@ -144,11 +145,12 @@ def distill(control: Callable[[np.ndarray], np.ndarray], low: np.ndarray, high: 
     torch.manual_seed(seed)
     policy = TanhGaussianPolicy(dim, act_dim, hidden, act)
     lo, hi = torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32)
+    centre = (lo + hi) / 2   # exactly 0 for a symmetric box: the samples are then as they always were
     opt = torch.optim.Adam(policy.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(steps):
         u = uniform(lo, hi, batch // 2, gen)
-        g = 0.1 * (hi - lo) * torch.randn(batch - batch // 2, dim, generator=gen)
+        g = centre + 0.1 * (hi - lo) * torch.randn(batch - batch // 2, dim, generator=gen)
         s = torch.cat([u, g])
         a = _controller_actions(control, s.double().numpy(), act_dim)
         target = torch.as_tensor(a, dtype=torch.float32)

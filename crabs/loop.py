@@ -43,7 +43,7 @@ from crabs.mala import Adversary
 from crabs.rollout import Step, mean_actor, run_episode
 from crabs.runs import Runner
 from crabs.sac import ConstrainedSAC
-from crabs.safety import EpochPlan, SafetyState, certified_epochs, next_dilation
+from crabs.safety import EpochPlan, SafetyState, epochs_certified, next_dilation
 from crabs.states import certified_samples, uniform, volume_on
 from crabs.system import System, make_barrier, make_model
 
@@ -61,13 +61,15 @@ class NoCertificateWarning(UserWarning):
 
 
 STARTUP_UNCERTIFIED = (
-    "start-up did not certify the initial policy: Alg. 1 was not quiet under the start-up model. "
-    "The initial policy acts (no exploration beyond it) and every epoch tries again on more data. "
-    "If no epoch certifies, see docs/troubleshooting.md")
+    "start-up did not certify the initial policy (Alg. 1 was not quiet in barrier.pretrain_steps, or "
+    "the check after it found a counter-example; with barrier.learn false, the handcrafted h failed the "
+    "check). The initial policy acts (no exploration beyond it) and every epoch tries again on more "
+    "data. If no epoch certifies, see docs/troubleshooting.md")
 NEVER_CERTIFIED = (
-    "no (model, h, policy) triple was certified in any epoch: the initial policy acted throughout "
-    "(safe only as far as the initial policy itself is), nothing was learnt, and the run's h is an "
-    "uncertified fit, not a certificate. docs/troubleshooting.md lists the causes and what to change")
+    "no (model, h, policy) triple was certified in any epoch, start-up included: the initial policy "
+    "acted throughout (the run is as safe as the initial policy itself is), nothing was learnt, and the "
+    "run's h is an uncertified fit, not a certificate. docs/troubleshooting.md lists the causes and "
+    "what to change")
 
 
 @contextmanager
@@ -651,8 +653,8 @@ class CRABS(Runner):
             self.rows.append(row)
             self.write_metrics()
             self.save()
-            if not self.certified:
-                warnings.warn(STARTUP_UNCERTIFIED, NoCertificateWarning, stacklevel=2)
+            if not self.certified:   # stacklevel 4: run <- Runner.train <- train <- the caller
+                warnings.warn(f"{self.dir}: {STARTUP_UNCERTIFIED}", NoCertificateWarning, stacklevel=4)
         bar = self.progress_bar(self.cfg.epochs, self.epoch, "epoch")
         while self.epoch < self.cfg.epochs:
             row = self.run_epoch()
@@ -672,9 +674,6 @@ class CRABS(Runner):
         self.save_policy(epoch=policy_epoch)
         final = self.evaluate()
         self.write_metrics()
-        n_certified = len(certified_epochs(self.rows))
-        if n_certified == 0:
-            warnings.warn(NEVER_CERTIFIED, NoCertificateWarning, stacklevel=2)
         return self.summary(
             started, final_eval_return=final["eval_return"],
             # the delivered policy (final_policy): its epoch, and the last epoch's evaluation
@@ -697,7 +696,7 @@ class CRABS(Runner):
             certified=last_certified,
             # epochs (start-up included) whose triple was certified; 0: the run never had a
             # certificate (the initial policy acted throughout, h is an uncertified fit)
-            certified_epochs=n_certified)
+            certified_epochs=len(epochs_certified(self.rows)))
 
 
 # -- the public entry point -------------------------------------------------------------------
@@ -709,5 +708,8 @@ def train(system: str | System | None, config: Config | None = None, out: str | 
     may then be None for a built-in task, and ``epochs`` raises the run's epoch budget); a run
     that died during start-up starts up again, its earlier steps and violations still counted; a
     finished run returns its summary without touching the environment."""
-    return CRABS.train(system, config, out, resume, progress,
-                       changes={"epochs": epochs} if resume and epochs is not None else None)
+    summary = CRABS.train(system, config, out, resume, progress,
+                          changes={"epochs": epochs} if resume and epochs is not None else None)
+    if summary.get("certified_epochs") == 0:   # after summary.json is written: a warning turned
+        warnings.warn(f"{out}: {NEVER_CERTIFIED}", NoCertificateWarning, stacklevel=2)   # error loses nothing
+    return summary

@@ -126,7 +126,11 @@ def record_episode(system: System, policy, h, ledger: str | os.PathLike, *, tag:
     else the lower U. A cart-pole is drawn once first, so that a machine that cannot draw it takes
     no step."""
     env = system.make_env()
-    system.check_env(env)
+    try:
+        system.check_env(env)
+    except Exception:
+        env.close()
+        raise
     env = SafetyMonitor(env, system.spec, ledger=ledger, counters=ledger_totals(read_ledger(ledger)), tag=tag)
     actions, rewards = [], []
 

@@ -146,7 +146,11 @@ class RunDir:
         """The system's real environment behind the safety monitor, counting into ``counters`` and
         writing this folder's ledger."""
         env = system.make_env()
-        system.check_env(env)
+        try:
+            system.check_env(env)
+        except Exception:
+            env.close()
+            raise
         return SafetyMonitor(env, system.spec, ledger=self.ledger, counters=counters, tag=tag)
 
     def save_checkpoint(self, blob: dict) -> Path:

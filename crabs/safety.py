@@ -117,7 +117,7 @@ class SafetyState:
                    float(d.get("dilation", default_dilation)))
 
 
-def certified_epochs(rows) -> list[int]:
+def epochs_certified(rows) -> list[int]:
     """The epochs (0: start-up) whose check certified the triple, from a run's metrics rows. None at
     all means the run never had a certificate: the initial policy acted throughout (safe only by the
     user's assumption about it), nothing was learnt, and h is an uncertified fit."""

@@ -3,6 +3,7 @@ and a bounding box of the states worth certifying. Built-in tasks and user syste
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,6 +43,11 @@ class System:
     action_bound: float | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.initial_policy, TanhGaussianPolicy):
+            raise TypeError(f"initial_policy must be a crabs.nets.TanhGaussianPolicy, got "
+                            f"{type(self.initial_policy).__name__}: turn a controller (a NumPy function "
+                            f"of the state) into one with crabs.initial.distill(controller, state_low, "
+                            f"state_high)")
         if self.action_bound is not None and not (0 < self.action_bound <= 1):
             raise ValueError(f"action_bound must lie in (0, 1] (actions live in [-1, 1]), "
                              f"got {self.action_bound}")
@@ -71,17 +77,16 @@ class System:
             raise ValueError(f"{self.name}: the environment's action space is {act}, but the initial policy "
                              f"gives {k} action(s) in [-1, 1] (a Box of shape ({k},))")
         low, high = np.asarray(act.low, dtype=np.float64), np.asarray(act.high, dtype=np.float64)
+        bounds = f"low {low.tolist()}, high {high.tolist()}"
         if np.any(low > -1) or np.any(high < 1):
-            raise ValueError(f"{self.name}: the environment's actions lie in [{low.tolist()}, "
-                             f"{high.tolist()}], which does not hold [-1, 1], where CRABS's policies act: "
-                             f"build the environment as gymnasium.wrappers.RescaleAction(env, -1.0, 1.0) "
-                             f"in make_env")
+            raise ValueError(f"{self.name}: the environment's action Box ({bounds}) does not hold [-1, 1], "
+                             f"where CRABS's policies act: build the environment as "
+                             f"gymnasium.wrappers.RescaleAction(env, -1.0, 1.0) in make_env")
         if np.any(low < -1) or np.any(high > 1):
-            import warnings
-
-            warnings.warn(f"{self.name}: the environment's actions lie in [{low.tolist()}, {high.tolist()}]; "
-                          f"CRABS's policies act in [-1, 1] only (to use the whole range, build it as "
-                          f"gymnasium.wrappers.RescaleAction(env, -1.0, 1.0))", stacklevel=2)
+            hint = ("; to use the whole range, build it as gymnasium.wrappers.RescaleAction(env, -1.0, 1.0)"
+                    if np.isfinite(low).all() and np.isfinite(high).all() else "")
+            warnings.warn(f"{self.name}: the environment's action Box ({bounds}) is wider than [-1, 1]; "
+                          f"CRABS's policies act in [-1, 1] only{hint}", stacklevel=2)
 
 
 def make_model(system: System, cfg):

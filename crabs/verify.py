@@ -39,7 +39,7 @@ from crabs.envs import ledger_totals, read_ledger
 from crabs.mala import Adversary
 from crabs.rollout import Step, mean_actor, run_episode
 from crabs.runs import RunDir, write_json
-from crabs.safety import SafetyState, certified_epochs
+from crabs.safety import SafetyState, epochs_certified
 from crabs.states import certified_box, certified_samples, uniform
 from crabs.system import System
 
@@ -97,7 +97,8 @@ def load_run(run_dir: str | Path, system: System | None = None, which: str = "de
             model.load_state_dict(best["model"])
     elif not safety.certified:   # the last certified policy is the one that acts
         policy.load_state_dict(safety.safe_policy)
-    n_cert = len(certified_epochs(blob["rows"])) if "rows" in blob else -1
+    rows = blob.get("rows", blob.get("log"))   # "log": checkpoints of version 2
+    n_cert = len(epochs_certified(rows)) if rows is not None else -1
     return RunPair(system, cfg, policy.eval(), h.eval(), model.eval(), epochs, pair_epoch, safety.certified,
                    n_cert)
 
@@ -117,13 +118,17 @@ def _rollouts(pair: RunPair, starts: torch.Tensor, horizon: int, audit: RunDir) 
     tally = {"one_step_exits": 0, "left": 0, "violations": 0}
     worst = None
     try:
-        for s0 in starts.double().numpy():
+        for i, s0 in enumerate(starts.double().numpy()):
             exited = False
 
-            def check_reset(s, s0=s0):
+            def check_reset(s, s0=s0, done=i):
                 if not np.allclose(s, s0, atol=1e-6):
-                    raise ResetIgnored("the environment's reset ignored options={'state': s} (it returned "
-                                       f"{np.round(s, 4).tolist()} for {np.round(s0, 4).tolist()})")
+                    # after earlier rollouts (steps taken, maybe violations found) it is an error,
+                    # never a skip that would drop what they found
+                    error = ResetIgnored if done == 0 else ValueError
+                    after = f", after {done} rollouts that started there (audit ledger)" if done else ""
+                    raise error("the environment's reset ignored options={'state': s} (it returned "
+                                f"{np.round(s, 4).tolist()} for {np.round(s0, 4).tolist()}{after})")
 
             def on_step(st: Step, s0=s0) -> None:
                 nonlocal exited, worst
@@ -190,7 +195,7 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
         starts = starts[torch.randperm(len(starts))[:states]]
         try:
             audit = _rollouts(pair, starts, horizon, RunDir(out))
-        except ResetIgnored as e:   # caught at the first reset, before any step: not checked
+        except ResetIgnored as e:   # raised at the first start's reset, before any step: not checked
             audit = {"skipped": f"{e}: true-dynamics rollouts need an environment that starts there"}
         result["R3_true_dynamics"] = {"horizon": horizon, **audit}
     if sys.name in ("upright", "tilt"):
@@ -217,7 +222,7 @@ def summary_line(r: dict) -> str:
     line = (f"certified {c['certified']:.3f} of the box, certified-but-unsafe {c['certified_but_unsafe']}; "
             f"model: adversary max U {m['adversary_max_U']:.3g} ({m['adversary_chains']} chains), U > 0 at "
             f"{m['uniform_U_positive']} of {m['uniform_certified_states']} certified states; ")
-    if "skipped" in d or not d:
+    if "skipped" in d or not d.get("starts"):
         why = d.get("skipped", "no rollouts: none asked for, or no certified state to start from")
         line += f"true dynamics not checked ({why})"
     else:
@@ -230,7 +235,7 @@ def summary_line(r: dict) -> str:
         return f"{line} -> NO CERTIFICATE (no epoch certified a triple: the initial policy acted throughout)"
     verdict = "sound" if r["sound"] else "UNSOUND"
     verdict += ", R.3 holds under the model" if r["R3_model_holds"] else ", R.3 FAILS under the model"
-    if r["R3_model_holds"] and "skipped" not in d and d:
+    if r["R3_model_holds"] and "skipped" not in d and d.get("starts"):
         verdict += " and in the true dynamics" if r["R3_holds"] else " but not in the true dynamics"
     return f"{line} -> {verdict}"
 

@@ -103,6 +103,19 @@ def test_one_dimensional_controller_output_is_one_action():
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
+def test_a_box_away_from_zero_is_distilled_around_its_centre():
+    """A controller defined only near its box (here [4, 6], NaN below 3) is never asked about states
+    around 0, and the policy matches it in the box."""
+    from crabs.initial import distill
+
+    def control(s):
+        return np.where(s > 3.0, np.clip(5.0 - s, -1.0, 1.0), np.nan)
+
+    policy = distill(control, np.array([4.0]), np.array([6.0]), steps=800, seed=0)
+    s = np.linspace(4.2, 5.8, 50)[:, None]
+    assert np.abs(mean_actor(policy)(s) - control(s)).max() < 0.1   # raw inputs near 5: a looser fit
+
+
 def _two_action_controller(s):
     return np.clip(np.stack([-(0.8 * s[:, 0] + 0.3 * s[:, 1]), 0.5 * np.sin(2 * s[:, 0]) - 0.2 * s[:, 2]],
                             axis=-1), -1.0, 1.0)

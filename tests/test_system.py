@@ -34,6 +34,11 @@ def test_invalid_system(kw, msg):
         make(**kw)
 
 
+def test_a_controller_function_is_not_a_policy():
+    with pytest.raises(TypeError, match=r"crabs.initial.distill\(controller, state_low, state_high\)"):
+        make(initial_policy=lambda s: -s[..., :1])
+
+
 def test_builtin_system_matches_task():
     s = builtin_system("move")
     assert s.spec.dim == 4 and s.initial_policy.hidden == (64, 64)
@@ -83,7 +88,7 @@ def test_the_environment_is_checked_before_any_step():
     system.check_env(env)   # the built-in convention passes
     with pytest.raises(ValueError, match=r"RescaleAction\(env, -1.0, 1.0\)"):
         system.check_env(gym.wrappers.RescaleAction(env, 0.0, 1.0))       # [0, 1]: half of it unusable
-    with pytest.warns(UserWarning, match=r"act in \[-1, 1\] only"):
+    with pytest.warns(UserWarning, match=r"wider than \[-1, 1\]; CRABS's policies act in \[-1, 1\] only"):
         system.check_env(gym.wrappers.RescaleAction(env, -2.0, 2.0))
     two = make(spec=spec, initial_policy=TanhGaussianPolicy(1, 2, (8,)), state_low=[-1], state_high=[1])
     with pytest.raises(ValueError, match="gives 2 action"):
@@ -92,3 +97,25 @@ def test_the_environment_is_checked_before_any_step():
         make().check_env(env)
     for task in ("upright", "swing"):   # the built-in tasks pass as they are
         builtin_system(task).check_env(builtin_system(task).make_env())
+
+
+def test_training_refuses_an_environment_it_cannot_act_in_before_any_step(tmp_path):
+    """crabs.train on a system whose environment takes actions in [0, 1]: the one-line error comes
+    before start-up takes a step (no episode, no step in the ledger)."""
+    import crabs
+    from crabs.config import Config
+    from crabs.envs import ledger_totals, make_state_env, read_ledger
+
+    def step(s, a):
+        return np.asarray(s, float) + 0.05 * np.asarray(a, float)[..., :1]
+
+    spec = SafetySpec(("x",), {"x": 1.0}, (0.0,), 10)
+    def make_env():
+        return gym.wrappers.RescaleAction(make_state_env(spec, step, lambda s: 0.0, 1), 0.0, 1.0)
+
+    system = make(spec=spec, initial_policy=TanhGaussianPolicy(1, 1, (8,)), state_low=[-1], state_high=[1],
+                  make_env=make_env)
+    with pytest.raises(ValueError, match="does not hold"):
+        crabs.train(system, Config(), out=tmp_path / "run", progress=False)
+    ledger = tmp_path / "run" / "ledger.jsonl"
+    assert not ledger.exists() or ledger_totals(read_ledger(ledger)).env_steps == 0

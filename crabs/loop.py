@@ -109,6 +109,9 @@ class CRABS(Runner):
         self.epoch = 0
         self.safety = SafetyState(copy.deepcopy(self.policy.state_dict()), dilation=cfg.barrier.dilation)
         self.last_eval_states: np.ndarray | None = None   # the last evaluation's trajectory (Figure 3)
+        # per epoch (0: start-up), h's weights and that epoch's evaluation trajectory: Figure 3 over
+        # the epochs (figure3_epochs.png); a few kB an epoch, kept in the checkpoint
+        self.c_h_history: list[dict] = []
         self.trained_on = 0   # replay entries before this index were in the model's last training
 
     # -- the current triple, bound for the certifier --------------------------------------------
@@ -593,13 +596,21 @@ class CRABS(Runner):
         return self.policy, state, {"task": self.sys.name, "epoch": int(epoch)}
 
     # -- checkpoints ----------------------------------------------------------------------------
+    def record_c_h(self) -> None:
+        """This epoch's h and evaluation trajectory, for Figure 3 over the epochs."""
+        traj = self.last_eval_states
+        self.c_h_history.append({"epoch": int(self.epoch), "h": copy.deepcopy(self.h.state_dict()),
+                                 "trajectory": None if traj is None
+                                 else torch.as_tensor(np.asarray(traj), dtype=torch.float32)})
+
     def generators(self) -> dict[str, torch.Generator]:
         return {"tgen": self.tgen, "adv": self.adv.gen, "audit": self.audit_gen}
 
     def extra_state(self) -> dict:
         return {"epoch": self.epoch, **self.safety.to_dict(), "model": self.dyn.state_dict(),
                 "barrier": self.cert.state_dict(), "sac": self.sac.state_dict(),
-                "buffer": self.buffer.state_dict(), "trained_on": self.trained_on}
+                "buffer": self.buffer.state_dict(), "trained_on": self.trained_on,
+                "c_h_history": self.c_h_history}
 
     def load_extra_state(self, d: dict) -> None:
         self.epoch = d["epoch"]
@@ -609,12 +620,13 @@ class CRABS(Runner):
         self.sac.load_state_dict(d["sac"])
         self.buffer.load_state_dict(d["buffer"])
         self.trained_on = int(d.get("trained_on", len(self.buffer)))
+        self.c_h_history = list(d.get("c_h_history", []))   # absent from older checkpoints
         self.refresh_support()
         self.adv.state = None
 
     # -- the whole run --------------------------------------------------------------------------
     def make_plots(self) -> None:
-        from crabs.plots import figure3
+        from crabs.plots import figure3, figure3_epochs
 
         self.plot_progress(title=self.sys.name)
         kernel = None
@@ -625,6 +637,10 @@ class CRABS(Runner):
         figure3(self.h, self.sys.spec, self.sys.state_low, self.sys.state_high, self.last_eval_states,
                 self.dir / "figure3.png", title=f"{self.sys.name}: C_h after {self.epoch} epochs",
                 kernel=kernel)
+        if self.c_h_history:
+            figure3_epochs(self.h, self.c_h_history, self.sys.spec, self.sys.state_low, self.sys.state_high,
+                           self.dir / "figure3_epochs.png", title=f"{self.sys.name}: C_h over the epochs",
+                           kernel=kernel)
 
     @classmethod
     def default_config(cls, system) -> Config:
@@ -651,6 +667,7 @@ class CRABS(Runner):
                    "epoch_s": round(time.time() - started, 2)}
             self.keep_if_best(0, row["eval_return"])
             self.rows.append(row)
+            self.record_c_h()
             self.write_metrics()
             self.save()
             if not self.certified:   # stacklevel 4: run <- Runner.train <- train <- the caller
@@ -659,6 +676,7 @@ class CRABS(Runner):
         while self.epoch < self.cfg.epochs:
             row = self.run_epoch()
             self.rows.append(row)
+            self.record_c_h()
             self.write_metrics()
             if self.cfg.checkpoint_every and self.epoch % self.cfg.checkpoint_every == 0:
                 self.save()

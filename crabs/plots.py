@@ -183,26 +183,28 @@ def projected_certified(h, low: np.ndarray, high: np.ndarray, dims: tuple[int, i
     return xs, ys, best.reshape(n_grid, n_grid)
 
 
-def figure3(h, spec, low, high, trajectory: np.ndarray | None, out: str | Path, title: str = "",
-            kernel=None) -> Path:
-    """C_h projected on the constrained coordinates (or the 2-D state), with the policy's
-    trajectory; ``kernel`` (oracle.ViabilityKernel) is drawn underneath for 2-D pendulum tasks."""
-    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+def _plane(spec) -> tuple[int, int]:
+    """The two coordinates Figure 3 projects on: the 2-D state, else the first two constrained ones
+    (the paper's [x, theta] for the cart-poles)."""
     if spec.dim == 2:
-        dims = (0, 1)
-    else:
-        idx = list(spec.constrained_index)
-        dims = (idx[0], idx[1]) if len(idx) >= 2 else (idx[0], (idx[0] + 1) % spec.dim)
-        dims = tuple(sorted(dims))
+        return (0, 1)
+    idx = list(spec.constrained_index)
+    dims = (idx[0], idx[1]) if len(idx) >= 2 else (idx[0], (idx[0] + 1) % spec.dim)
+    return tuple(sorted(dims))
+
+
+def _draw_c_h(ax, h, spec, low, high, trajectory, kernel, dims, legend: bool = True) -> None:
+    """One panel of Figure 3: C_h's projection (red), the trajectory (green), the safe limits and,
+    for the pendulum tasks, the oracle's viability kernel underneath."""
     xs, ys, v = projected_certified(h, low, high, dims)
-    fig, ax = plt.subplots(figsize=(5.2, 4.4))
     if kernel is not None:
         ax.contourf(kernel.theta, kernel.theta_dot, kernel.mask.T.astype(float), levels=[0.5, 1.5],
                     colors=["#cfe8cf"])
         ax.contour(kernel.theta, kernel.theta_dot, kernel.mask.T.astype(float), levels=[0.5],
                    colors=["#4a8a4a"], linewidths=0.8)
         ax.plot([], [], color="#4a8a4a", label="viability kernel (oracle)")
-    ax.contour(xs, ys, v.T, levels=[0.0], colors=["red"], linewidths=1.5)
+    if np.nanmax(v) >= 0:   # an empty C_h has no zero level to draw
+        ax.contour(xs, ys, v.T, levels=[0.0], colors=["red"], linewidths=1.5)
     ax.plot([], [], color="red", label="certified set C_h")
     if trajectory is not None and len(trajectory):
         tr = np.asarray(trajectory)
@@ -211,15 +213,51 @@ def figure3(h, spec, low, high, trajectory: np.ndarray | None, out: str | Path, 
         nm = spec.state_names[i]
         if nm in spec.limits:
             lim = spec.limits[nm]
-            if name == "x":
-                ax.axvline(lim, color="k", ls="--", lw=0.8)
-                ax.axvline(-lim, color="k", ls="--", lw=0.8)
-            else:
-                ax.axhline(lim, color="k", ls="--", lw=0.8)
-                ax.axhline(-lim, color="k", ls="--", lw=0.8)
+            line = ax.axvline if name == "x" else ax.axhline
+            line(lim, color="k", ls="--", lw=0.8)
+            line(-lim, color="k", ls="--", lw=0.8)
     ax.set(xlabel=spec.state_names[dims[0]], ylabel=spec.state_names[dims[1]],
            xlim=(low[dims[0]], high[dims[0]]), ylim=(low[dims[1]], high[dims[1]]))
-    ax.legend(fontsize=7, loc="upper right")
+    if legend:
+        ax.legend(fontsize=7, loc="upper right")
+
+
+def figure3(h, spec, low, high, trajectory: np.ndarray | None, out: str | Path, title: str = "",
+            kernel=None) -> Path:
+    """C_h projected on the constrained coordinates (or the 2-D state), with the policy's
+    trajectory; ``kernel`` (oracle.ViabilityKernel) is drawn underneath for 2-D pendulum tasks."""
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+    _draw_c_h(ax, h, spec, low, high, trajectory, kernel, _plane(spec))
     if title:
         ax.set_title(title)
+    return _save(fig, out)
+
+
+def figure3_epochs(h, history: Sequence[dict], spec, low, high, out: str | Path, title: str = "",
+                   kernel=None, panels: int = 4) -> Path:
+    """The paper's Figure 3, C_h growing over the epochs: ``panels`` snapshots spread over
+    ``history`` (the run's per-epoch records, ``{"epoch", "h", "trajectory"}``, start-up first),
+    each h loaded into a copy of ``h`` and drawn as :func:`figure3` draws one, with the trajectory
+    of that epoch's evaluation."""
+    import copy
+
+    low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
+    if not history:
+        raise ValueError("figure3_epochs needs at least one recorded epoch")
+    picks = sorted({int(round(x)) for x in np.linspace(0, len(history) - 1, min(panels, len(history)))})
+    fig, axes = plt.subplots(1, len(picks), figsize=(4.2 * len(picks), 3.9), squeeze=False)
+    hk = copy.deepcopy(h)
+    dims = _plane(spec)
+    for k, (ax, i) in enumerate(zip(axes[0], picks)):
+        rec = history[i]
+        hk.load_state_dict(rec["h"])
+        traj = rec.get("trajectory")
+        traj = None if traj is None else np.asarray(traj)
+        with torch.no_grad():
+            _draw_c_h(ax, hk.eval(), spec, low, high, traj, kernel, dims, legend=k == 0)
+        n = rec["epoch"]
+        ax.set_title("start-up" if n == 0 else f"after {n} epoch{'s' if n > 1 else ''}", fontsize=10)
+    if title:
+        fig.suptitle(title)
     return _save(fig, out)

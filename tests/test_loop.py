@@ -42,8 +42,12 @@ def test_smoke_run_is_safe_and_complete(tiny_run):
     assert summary["certified"] == (rows[-1]["policy_certified"] == "True")
     assert summary["certified_epochs"] == sum(r["policy_certified"] == "True" for r in rows) >= 1
     for f in ("config.yaml", "metrics.csv", "ledger.jsonl", "figure2.png", "figure3.png",
-              "checkpoints/last.pt", "checkpoints/policy.pt"):
+              "figure3_epochs.png", "checkpoints/last.pt", "checkpoints/policy.pt"):
         assert (out / f).exists(), f
+    # Figure 3 over the epochs: h and the evaluation's trajectory of start-up and of every epoch
+    hist = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["c_h_history"]
+    assert [r["epoch"] for r in hist] == [0, 1, 2]
+    assert all(r["trajectory"].shape[1] == 2 and "f.0.weight" in r["h"] for r in hist)
     eps = [r for r in read_ledger(out / "ledger.jsonl") if r["event"] == "episode"]
     assert sum(r["length"] for r in eps) == summary["env_steps"]
     assert len(eps) == summary["episodes"]

@@ -55,3 +55,26 @@ def certified_states(h, box: tuple[torch.Tensor, torch.Tensor], n: int, gen: tor
         if k >= n:
             break
     return torch.cat(pts)[:n]
+
+
+@torch.no_grad()
+def edge_states(h, box: tuple[torch.Tensor, torch.Tensor], spec, n: int, width: float,
+                gen: torch.Generator | None) -> torch.Tensor:
+    """About n states uniform in C_h's slabs next to the safety limits: for each constrained
+    coordinate i and each side, the states of ``box`` whose |s_i| lies within ``width`` x its limit
+    of the limit (n split evenly over the slabs; fewer where C_h barely reaches a slab). B_safe
+    rises 100-fold across the last 1% of each limit, so C_h's edge there is a cliff, and a state
+    just inside it moving out can be certified while its next state falls deep outside: a sliver
+    far too thin for uniform samples of all of C_h to find."""
+    lo, hi = box
+    slabs = []
+    for i, z in zip(spec.constrained_index.tolist(), spec.constrained_max.tolist()):
+        for a, b in ((-z, -z * (1 - width)), (z * (1 - width), z)):
+            l2, h2 = lo.clone(), hi.clone()
+            l2[i], h2[i] = max(float(lo[i]), a), min(float(hi[i]), b)
+            if l2[i] < h2[i]:
+                slabs.append((l2, h2))
+    if not slabs:
+        return torch.zeros(0, len(lo))
+    per = max(1, n // len(slabs))
+    return torch.cat([certified_states(h, slab, per, gen) for slab in slabs])

@@ -4,8 +4,10 @@ tools independent of those that trained it.
 * R.1/R.2, C_h inside the safe set (true by construction, Sec. 3): uniform states of the box, the
   certified fraction and how many certified states are unsafe (must be 0).
 * R.3 under the learned model: a fresh adversary (its own seed, ``chains_mult`` times the run's
-  chains, ``steps`` MALA steps on U(s, pi(s), h) over C_h) and U at uniform certified states: the
-  largest U found and how many certified states have U > 0.
+  chains, ``steps`` MALA steps on U(s, pi(s), h) over C_h) and U at uniform certified states, and
+  at as many certified states drawn from the slabs next to the safety limits (``EDGE_WIDTH`` of
+  each limit, where B_safe's cliff can leave slivers too thin for the uniform ones): the largest
+  U found and how many certified states have U > 0.
 * R.3 in the true dynamics (for systems whose ``reset`` accepts ``options={"state": s}``, as the
   built-in tasks and ``make_state_env`` environments do; for others this part is skipped, and the
   result says so, before any step is taken): from uniform certified states, the mean policy's
@@ -40,7 +42,7 @@ from crabs.mala import Adversary
 from crabs.rollout import Step, mean_actor, run_episode
 from crabs.runs import RunDir, write_json
 from crabs.safety import SafetyState, epochs_certified
-from crabs.states import certified_box, certified_samples, uniform
+from crabs.states import certified_box, certified_samples, edge_states, uniform
 from crabs.system import System
 
 
@@ -101,6 +103,11 @@ def load_run(run_dir: str | Path, system: System | None = None, which: str = "de
     n_cert = len(epochs_certified(rows)) if rows is not None else -1
     return RunPair(system, cfg, policy.eval(), h.eval(), model.eval(), epochs, pair_epoch, safety.certified,
                    n_cert)
+
+
+EDGE_WIDTH = 0.05
+"""The slabs next to each safety limit that the R.3 audit also samples densely (a fraction of the
+limit; :func:`crabs.states.edge_states`)."""
 
 
 class ResetIgnored(ValueError):
@@ -175,6 +182,10 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
     c_box = certified_box(h, low, high, cfg.mala.box_samples, cfg.mala.box_scale, box_gen)
     inside = certified_samples(h, c_box, n, gen)
     u = U_pi(h, model, policy, inside).detach() if len(inside) else torch.zeros(0)
+    # and C_h's slabs next to the safety limits, where B_safe's cliff makes thin slivers (drawn
+    # after everything above, so the other parts of the audit are as they were)
+    edge = edge_states(h, (low, high), sys.spec, n, EDGE_WIDTH, gen)
+    ue = U_pi(h, model, policy, edge).detach() if len(edge) else torch.zeros(0)
     result = {
         "run": str(run_dir), "task": sys.name, "which": which,
         "certified_at_end": bool(pair.certified_at_end),
@@ -186,7 +197,10 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
         "R3_model": {"adversary_chains": mcfg.chains, "adversary_steps": steps,
                      "adversary_max_U": adv.max_U(), "uniform_certified_states": len(inside),
                      "uniform_max_U": float(u.max()) if len(u) else None,
-                     "uniform_U_positive": int((u > 0).sum())},
+                     "uniform_U_positive": int((u > 0).sum()),
+                     "edge_width": EDGE_WIDTH, "edge_certified_states": len(edge),
+                     "edge_max_U": float(ue.max()) if len(ue) else None,
+                     "edge_U_positive": int((ue > 0).sum())},
     }
     horizon = sys.spec.horizon if horizon is None else horizon
     if states > 0 and len(inside):
@@ -209,7 +223,8 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
     # R.3 (invariance) holds as far as the audit can see: no certified state with U > 0 under the
     # model (the fresh adversary included), and no rollout that left C_h in the true dynamics
     m = result["R3_model"]
-    result["R3_model_holds"] = m["adversary_max_U"] <= 0 and m["uniform_U_positive"] == 0
+    result["R3_model_holds"] = (m["adversary_max_U"] <= 0 and m["uniform_U_positive"] == 0
+                                and m["edge_U_positive"] == 0)
     result["R3_holds"] = result["R3_model_holds"] and t.get("rollouts_leaving_C_h", 0) == 0
     write_json(out / "verify.json", result)
     return result
@@ -221,7 +236,8 @@ def summary_line(r: dict) -> str:
     m, d, c = r["R3_model"], r.get("R3_true_dynamics", {}), r["R1_R2"]
     line = (f"certified {c['certified']:.3f} of the box, certified-but-unsafe {c['certified_but_unsafe']}; "
             f"model: adversary max U {m['adversary_max_U']:.3g} ({m['adversary_chains']} chains), U > 0 at "
-            f"{m['uniform_U_positive']} of {m['uniform_certified_states']} certified states; ")
+            f"{m['uniform_U_positive']} of {m['uniform_certified_states']} certified states and "
+            f"{m.get('edge_U_positive', 0)} of {m.get('edge_certified_states', 0)} next to the limits; ")
     if "skipped" in d or not d.get("starts"):
         why = d.get("skipped", "no rollouts: none asked for, or no certified state to start from")
         line += f"true dynamics not checked ({why})"

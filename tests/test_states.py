@@ -1,0 +1,33 @@
+"""Samples of C_h: the slabs next to the safety limits (``edge_states``) that ``crabs verify`` audits
+besides uniform states of C_h, because B_safe's cliff there makes slivers too thin for those."""
+
+import torch
+
+from crabs.envs import SafetySpec
+from crabs.states import certified_states, edge_states
+
+SPEC = SafetySpec(("x", "v"), {"x": 1.0}, (0.0, 0.0), 10)
+
+
+class Disc(torch.nn.Module):
+    """h >= 0 on the disc of radius 0.98 (C_h reaches into both x slabs)."""
+
+    def forward(self, s):
+        return 0.98 ** 2 - (s ** 2).sum(-1)
+
+
+def test_edge_states_lie_in_c_h_next_to_each_limit():
+    low, high = torch.tensor([-1.0, -1.0]), torch.tensor([1.0, 1.0])
+    g = torch.Generator().manual_seed(0)
+    s = edge_states(Disc(), (low, high), SPEC, 2000, 0.05, g)
+    assert len(s) == 2000 and (Disc()(s) >= 0).all()
+    assert (s[:, 0].abs() >= 0.95).all()                                 # only in the slabs of x
+    assert (s[:, 0] > 0).sum() == (s[:, 0] < 0).sum() == 1000           # both sides alike
+    # a uniform sample of C_h puts about 1.6% of its states there: the slabs get 60 times as many
+    u = certified_states(Disc(), (low, high), 2000, g)
+    assert (u[:, 0].abs() >= 0.95).float().mean() < 0.05
+
+
+def test_no_slab_in_the_box_gives_no_states():
+    low, high = torch.tensor([-0.5, -1.0]), torch.tensor([0.5, 1.0])   # the box stops short of |x| = 0.95
+    assert len(edge_states(Disc(), (low, high), SPEC, 100, 0.05, torch.Generator().manual_seed(0))) == 0

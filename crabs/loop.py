@@ -110,7 +110,7 @@ class CRABS(Runner):
         self.safety = SafetyState(copy.deepcopy(self.policy.state_dict()), dilation=cfg.barrier.dilation)
         self.last_eval_states: np.ndarray | None = None   # the last evaluation's trajectory (Figure 3)
         # per epoch (0: start-up), h's weights and that epoch's evaluation trajectory: Figure 3 over
-        # the epochs (figure3_epochs.png); a few kB an epoch, kept in the checkpoint
+        # the epochs (figure3_epochs.png); 20-35 kB an epoch, kept in the checkpoint
         self.c_h_history: list[dict] = []
         self.trained_on = 0   # replay entries before this index were in the model's last training
 
@@ -596,9 +596,10 @@ class CRABS(Runner):
         return self.policy, state, {"task": self.sys.name, "epoch": int(epoch)}
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def record_c_h(self) -> None:
-        """This epoch's h and evaluation trajectory, for Figure 3 over the epochs."""
-        traj = self.last_eval_states
+    def record_c_h(self, row: dict) -> None:
+        """This epoch's h and, if the epoch evaluated (``row``), its evaluation trajectory, for
+        Figure 3 over the epochs."""
+        traj = self.last_eval_states if "eval_return" in row else None
         self.c_h_history.append({"epoch": int(self.epoch), "h": copy.deepcopy(self.h.state_dict()),
                                  "trajectory": None if traj is None
                                  else torch.as_tensor(np.asarray(traj), dtype=torch.float32)})
@@ -667,7 +668,7 @@ class CRABS(Runner):
                    "epoch_s": round(time.time() - started, 2)}
             self.keep_if_best(0, row["eval_return"])
             self.rows.append(row)
-            self.record_c_h()
+            self.record_c_h(row)
             self.write_metrics()
             self.save()
             if not self.certified:   # stacklevel 4: run <- Runner.train <- train <- the caller
@@ -676,7 +677,7 @@ class CRABS(Runner):
         while self.epoch < self.cfg.epochs:
             row = self.run_epoch()
             self.rows.append(row)
-            self.record_c_h()
+            self.record_c_h(row)
             self.write_metrics()
             if self.cfg.checkpoint_every and self.epoch % self.cfg.checkpoint_every == 0:
                 self.save()

@@ -60,16 +60,22 @@ def certified_states(h, box: tuple[torch.Tensor, torch.Tensor], n: int, gen: tor
 @torch.no_grad()
 def edge_states(h, box: tuple[torch.Tensor, torch.Tensor], spec, n: int, width: float,
                 gen: torch.Generator | None) -> torch.Tensor:
-    """About n states uniform in C_h's slabs next to the safety limits: for each constrained
+    """Up to about n states uniform in C_h's slabs next to the safety limits: for each constrained
     coordinate i and each side, the states of ``box`` whose |s_i| lies within ``width`` x its limit
-    of the limit (n split evenly over the slabs; fewer where C_h barely reaches a slab). B_safe
-    rises 100-fold across the last 1% of each limit, so C_h's edge there is a cliff, and a state
-    just inside it moving out can be certified while its next state falls deep outside: a sliver
-    far too thin for uniform samples of all of C_h to find."""
+    inside where h's B_safe term cuts (the limit, less h's edge pad if it has one); n is split
+    evenly over the slabs, and fewer come where C_h barely reaches one. B_safe rises from 0 to 1
+    across the last 1% of each (padded) limit, so C_h's edge there is a cliff, and a state just
+    inside it moving out can be certified while its next state falls deep outside: a sliver far
+    too thin for uniform samples of all of C_h to find."""
     lo, hi = box
+    if n <= 0:
+        return torch.zeros(0, len(lo))
+    pad = getattr(h, "pad", None)
+    pads = pad.tolist() if isinstance(pad, torch.Tensor) else [0.0] * len(spec.constrained_index)
     slabs = []
-    for i, z in zip(spec.constrained_index.tolist(), spec.constrained_max.tolist()):
-        for a, b in ((-z, -z * (1 - width)), (z * (1 - width), z)):
+    for i, z, p in zip(spec.constrained_index.tolist(), spec.constrained_max.tolist(), pads):
+        edge = z * (1 - p)
+        for a, b in ((-edge, -edge + width * z), (edge - width * z, edge)):
             l2, h2 = lo.clone(), hi.clone()
             l2[i], h2[i] = max(float(lo[i]), a), min(float(hi[i]), b)
             if l2[i] < h2[i]:

@@ -5,7 +5,7 @@ tools independent of those that trained it.
   certified fraction and how many certified states are unsafe (must be 0).
 * R.3 under the learned model: a fresh adversary (its own seed, ``chains_mult`` times the run's
   chains, ``steps`` MALA steps on U(s, pi(s), h) over C_h) and U at uniform certified states, and
-  at as many certified states drawn from the slabs next to the safety limits (``EDGE_WIDTH`` of
+  at up to ``n`` certified states drawn from the slabs next to the safety limits (``EDGE_WIDTH`` of
   each limit, where B_safe's cliff can leave slivers too thin for the uniform ones): the largest
   U found and how many certified states have U > 0.
 * R.3 in the true dynamics (for systems whose ``reset`` accepts ``options={"state": s}``, as the
@@ -236,8 +236,9 @@ def summary_line(r: dict) -> str:
     m, d, c = r["R3_model"], r.get("R3_true_dynamics", {}), r["R1_R2"]
     line = (f"certified {c['certified']:.3f} of the box, certified-but-unsafe {c['certified_but_unsafe']}; "
             f"model: adversary max U {m['adversary_max_U']:.3g} ({m['adversary_chains']} chains), U > 0 at "
-            f"{m['uniform_U_positive']} of {m['uniform_certified_states']} certified states and "
-            f"{m.get('edge_U_positive', 0)} of {m.get('edge_certified_states', 0)} next to the limits; ")
+            f"{m['uniform_U_positive']} of {m['uniform_certified_states']} certified states"
+            + (f" and {m['edge_U_positive']} of {m['edge_certified_states']} next to the limits"
+               if "edge_certified_states" in m else "") + "; ")
     if "skipped" in d or not d.get("starts"):
         why = d.get("skipped", "no rollouts: none asked for, or no certified state to start from")
         line += f"true dynamics not checked ({why})"

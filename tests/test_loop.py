@@ -103,6 +103,7 @@ def test_verify_audits_the_delivered_pair_apart_from_the_run(tiny_run, tmp_path,
     assert t["starts"] == 10 and t["rollouts_violating"] == 0 and r["sound"] and r["has_certificate"]
     assert r["pair_epoch"] == summary["final_policy_epoch"] and r["epochs"] == summary["epochs"]
     assert r["oracle"]["certified_not_viable_states"] == 0
+    assert r["R3_model"]["edge_U_positive"] == 0 and r["R3_model"]["edge_width"] == 0.05
     assert json.loads((run / "verify" / "verify.json").read_text()) == r
     audit = ledger_totals(read_ledger(run / "verify" / "ledger.jsonl"))
     assert 10 <= audit.env_steps <= 600 and audit.episodes == 10
@@ -193,6 +194,8 @@ def test_resume_after_interruption_continues_counters(tmp_path, monkeypatch):
     assert summary["env_steps"] == sum(r["length"] for r in eps)
     assert summary["episodes"] == len(eps) and summary["epochs"] == 2
     assert summary["violations"] == 0
+    hist = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["c_h_history"]
+    assert [r["epoch"] for r in hist] == [0, 1, 2]   # Figure 3's history survives the resume
 
 
 def test_crash_during_startup_resumes_with_its_steps_counted(tmp_path, monkeypatch):

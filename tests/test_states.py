@@ -23,7 +23,7 @@ def test_edge_states_lie_in_c_h_next_to_each_limit():
     assert len(s) == 2000 and (Disc()(s) >= 0).all()
     assert (s[:, 0].abs() >= 0.95).all()                                 # only in the slabs of x
     assert (s[:, 0] > 0).sum() == (s[:, 0] < 0).sum() == 1000           # both sides alike
-    # a uniform sample of C_h puts about 1.6% of its states there: the slabs get 60 times as many
+    # a uniform sample of C_h puts about 0.6% of its states there: the slabs get 150 times as many
     u = certified_states(Disc(), (low, high), 2000, g)
     assert (u[:, 0].abs() >= 0.95).float().mean() < 0.05
 
@@ -31,3 +31,13 @@ def test_edge_states_lie_in_c_h_next_to_each_limit():
 def test_no_slab_in_the_box_gives_no_states():
     low, high = torch.tensor([-0.5, -1.0]), torch.tensor([0.5, 1.0])   # the box stops short of |x| = 0.95
     assert len(edge_states(Disc(), (low, high), SPEC, 100, 0.05, torch.Generator().manual_seed(0))) == 0
+
+
+def test_the_slabs_follow_the_edge_pad():
+    """With h's edge pad (C_h kept pad x the limit inside it) the slabs move inwards with it."""
+    h = Disc()
+    h.pad = torch.tensor([0.2])
+    low, high = torch.tensor([-1.0, -1.0]), torch.tensor([1.0, 1.0])
+    s = edge_states(h, (low, high), SPEC, 200, 0.05, torch.Generator().manual_seed(0))
+    assert len(s) == 200 and ((s[:, 0].abs() >= 0.75) & (s[:, 0].abs() <= 0.8)).all()
+    assert len(edge_states(h, (low, high), SPEC, 0, 0.05, None)) == 0

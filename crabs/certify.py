@@ -26,7 +26,7 @@ import torch
 from crabs.barrier import Barrier, CertificateTrainer, U
 from crabs.config import BarrierConfig
 from crabs.mala import Adversary
-from crabs.states import certified_box, certified_states
+from crabs.states import EDGE_WIDTH, certified_box, certified_states, edge_states
 
 Update = Callable[[torch.Tensor], None]
 """Called with the violating states W whenever the adversary finds some."""
@@ -54,6 +54,9 @@ class Certifier:
             return torch.zeros(0, len(adv.low))
         box = certified_box(h, adv.low, adv.high, adv.cfg.box_samples, adv.cfg.box_scale, self.audit_gen)
         parts = [certified_states(h, box, c.audit_samples, self.audit_gen)]
+        if c.audit_edge_samples > 0:   # C_h's slabs next to the safety limits (B_safe's cliff)
+            parts.append(edge_states(h, (adv.low, adv.high), h.spec, c.audit_edge_samples, EDGE_WIDTH,
+                                     self.audit_gen))
         if adv.state is not None:
             parts.append(adv.state.x)
         if self.replay is not None:

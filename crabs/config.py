@@ -146,6 +146,12 @@ class BarrierConfig:
     audit_samples: int = 20000                 # uniform states of C_h per audit (and at most this
                                                # many replay states): a counter-example region of
                                                # 1e-3 of C_h is missed with probability 2e-9
+    audit_edge_samples: int = 0                # > 0: the audit also draws up to this many states of
+                                               # C_h from the slabs within 5% of each safety limit
+                                               # (inside the edge pad), where B_safe's cliff leaves
+                                               # slivers the uniform ones miss (held-out Swing seed
+                                               # 10); not yet a default (it changes which triples
+                                               # are certified: for the next freeze)
 
     def validate(self, where: str) -> None:
         if self.init not in ("rollout", "none", "handcrafted"):

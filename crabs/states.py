@@ -57,6 +57,10 @@ def certified_states(h, box: tuple[torch.Tensor, torch.Tensor], n: int, gen: tor
     return torch.cat(pts)[:n]
 
 
+EDGE_WIDTH = 0.05
+"""The slabs next to each safety limit that the audits also sample (a fraction of the limit)."""
+
+
 @torch.no_grad()
 def edge_states(h, box: tuple[torch.Tensor, torch.Tensor], spec, n: int, width: float,
                 gen: torch.Generator | None) -> torch.Tensor:

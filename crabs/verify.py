@@ -42,7 +42,7 @@ from crabs.mala import Adversary
 from crabs.rollout import Step, mean_actor, run_episode
 from crabs.runs import RunDir, write_json
 from crabs.safety import SafetyState, epochs_certified
-from crabs.states import certified_box, certified_samples, edge_states, uniform
+from crabs.states import EDGE_WIDTH, certified_box, certified_samples, edge_states, uniform
 from crabs.system import System
 
 
@@ -103,11 +103,6 @@ def load_run(run_dir: str | Path, system: System | None = None, which: str = "de
     n_cert = len(epochs_certified(rows)) if rows is not None else -1
     return RunPair(system, cfg, policy.eval(), h.eval(), model.eval(), epochs, pair_epoch, safety.certified,
                    n_cert)
-
-
-EDGE_WIDTH = 0.05
-"""The slabs next to each safety limit that the R.3 audit also samples densely (a fraction of the
-limit; :func:`crabs.states.edge_states`)."""
 
 
 class ResetIgnored(ValueError):

@@ -95,6 +95,18 @@ def test_the_audit_looks_at_the_replay_states_in_C_h():
     assert len(w) == 1 and float(w[0, 0]) > 0.5       # the data state in the bump, not (0, 0)
 
 
+def test_the_audit_can_sample_the_slabs_next_to_the_limits():
+    """barrier.audit_edge_samples: a sliver of 1e-5 of C_h just inside the x limit (the kind held-out
+    Swing seed 10 had) slips past 100 uniform states of C_h but not past 200,000 of the slabs."""
+    bump = ((0.975, 0.9799), (0.0, 0.004))            # 0.0049 x 0.004 = 2e-5 of the 2 x 2 box
+    c, h = _certifier(audit=True)
+    c.cfg = dataclasses.replace(c.cfg, audit_samples=100)
+    assert len(c.audit(h, BumpModel(bump), ZeroPolicy())) == 0
+    c.cfg = dataclasses.replace(c.cfg, audit_edge_samples=200000)
+    w = c.audit(h, BumpModel(bump), ZeroPolicy())
+    assert len(w) > 0 and bool((w[:, 0] > 0.975).all())
+
+
 class PushModel(torch.nn.Module):
     """x' = x + a: an action keeps x in the safe set or pushes it out."""
 

@@ -125,13 +125,8 @@ def record_episode(system: System, policy, h, ledger: str | os.PathLike, *, tag:
     (``explore.guard_eval``): the policy's action if certified from s, else the initial policy's,
     else the lower U. A cart-pole is drawn once first, so that a machine that cannot draw it takes
     no step."""
-    env = system.make_env()
-    try:
-        system.check_env(env)
-    except Exception:
-        env.close()
-        raise
-    env = SafetyMonitor(env, system.spec, ledger=ledger, counters=ledger_totals(read_ledger(ledger)), tag=tag)
+    env = SafetyMonitor(system.make_checked_env(), system.spec, ledger=ledger,
+                        counters=ledger_totals(read_ledger(ledger)), tag=tag)
     actions, rewards = [], []
 
     def on_step(st: Step) -> None:

@@ -100,6 +100,11 @@ def set_rng_state(rng: np.random.Generator, r: dict) -> None:
         "uinteger": r["uinteger"]}
 
 
+def checkpoint_rows(d: dict) -> list[dict] | None:
+    """A checkpoint's metrics rows ("log" in CRABS checkpoints of version 2), None if it has none."""
+    return d.get("rows", d.get("log"))
+
+
 class RunDir:
     """A run folder (see the module docstring)."""
 
@@ -145,13 +150,8 @@ class RunDir:
     def monitor(self, system, counters: MonitorCounters, tag: str) -> SafetyMonitor:
         """The system's real environment behind the safety monitor, counting into ``counters`` and
         writing this folder's ledger."""
-        env = system.make_env()
-        try:
-            system.check_env(env)
-        except Exception:
-            env.close()
-            raise
-        return SafetyMonitor(env, system.spec, ledger=self.ledger, counters=counters, tag=tag)
+        return SafetyMonitor(system.make_checked_env(), system.spec, ledger=self.ledger, counters=counters,
+                             tag=tag)
 
     def save_checkpoint(self, blob: dict) -> Path:
         """checkpoints/last.pt, atomically (temp file + rename)."""
@@ -351,7 +351,7 @@ class Runner:
     def load_state_dict(self, d: dict) -> None:
         self.check_checkpoint(d, self.sys.name)
         self.counters = MonitorCounters(**d["counters"])
-        self.rows = list(d["rows"] if "rows" in d else d["log"])   # "log": CRABS checkpoints of version 2
+        self.rows = list(checkpoint_rows(d))
         self._rows_at_start = len(self.rows)
         self.load_extra_state(d)
         r = d["rng"]   # last: loading the state may draw from the generators

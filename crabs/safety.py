@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from crabs.config import BarrierConfig
+from crabs.runs import checkpoint_rows
 
 DILATION_GROWTH = 1.25   # the next dilation after an epoch whose Alg. 1 went quiet ...
 DILATION_MAX = 0.6       # ... at most this
@@ -111,8 +112,7 @@ class SafetyState:
         """From a checkpoint's fields (older checkpoints lack some: their defaults)."""
         safe_epoch = d.get("safe_policy_epoch")
         if safe_epoch is None:   # written before safe_policy_epoch existed: the last epoch that passed
-            safe_epoch = max([0] + [int(r["epoch"]) for r in d.get("rows", d.get("log", []))
-                                    if r.get("policy_certified") is True and "epoch" in r])
+            safe_epoch = max([0] + epochs_certified(checkpoint_rows(d) or []))
         return cls(copy.deepcopy(d["safe_policy"]), int(safe_epoch), bool(d["certified"]), d.get("best"),
                    float(d.get("dilation", default_dilation)))
 

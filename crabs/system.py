@@ -63,6 +63,17 @@ class System:
         if self.initial_policy.obs_dim != d:
             raise ValueError(f"initial policy expects {self.initial_policy.obs_dim}-D states, spec has {d}")
 
+    def make_checked_env(self) -> gym.Env:
+        """``make_env()``'s environment, checked (:meth:`check_env`) before any step; closed if it
+        fails the check."""
+        env = self.make_env()
+        try:
+            self.check_env(env)
+        except Exception:
+            env.close()
+            raise
+        return env
+
     def check_env(self, env: gym.Env) -> None:
         """The environment ``make_env`` built, checked against what CRABS assumes before any step
         is taken: observations are the spec's states (shape (d,)), and actions are a Box of the

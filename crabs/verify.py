@@ -40,7 +40,7 @@ from crabs.config import Config
 from crabs.envs import ledger_totals, read_ledger
 from crabs.mala import Adversary
 from crabs.rollout import Step, mean_actor, run_episode
-from crabs.runs import RunDir, write_json
+from crabs.runs import RunDir, checkpoint_rows, write_json
 from crabs.safety import SafetyState, epochs_certified
 from crabs.states import EDGE_WIDTH, certified_box, certified_samples, edge_states, uniform
 from crabs.system import System
@@ -99,7 +99,7 @@ def load_run(run_dir: str | Path, system: System | None = None, which: str = "de
             model.load_state_dict(best["model"])
     elif not safety.certified:   # the last certified policy is the one that acts
         policy.load_state_dict(safety.safe_policy)
-    rows = blob.get("rows", blob.get("log"))   # "log": checkpoints of version 2
+    rows = checkpoint_rows(blob)
     n_cert = len(epochs_certified(rows)) if rows is not None else -1
     return RunPair(system, cfg, policy.eval(), h.eval(), model.eval(), epochs, pair_epoch, safety.certified,
                    n_cert)

@@ -8,8 +8,10 @@ steps, twice in a row, the second window after re-drawing the chains (the releas
 
 Gated certification (``barrier.audit``, a departure: the paper trusts the quiet adversary). A
 triple counts as certified only if, once the adversary is quiet, an independent audit finds no
-certified state with U + eps > 0 among ``audit_samples`` uniform states of C_h, the adversary's
-chain positions and the replay states that lie in C_h. A found counter-example always blocks: in
+certified state with U + eps > 0 among ``audit_samples`` uniform states of C_h, states of C_h's
+slabs next to the safety limits (``audit_edge_samples``), the states of C_h that the mean policy
+visits under the model from ``audit_rollouts`` of the uniform ones, the adversary's chain positions
+and the replay states that lie in C_h. A found counter-example always blocks: in
 Alg. 1 and the adversarial policy steps it is trained on like the adversary's violators and the
 stop rule starts over; in the check it fails the triple. The uniform part misses a counter-example
 region holding a fraction p of C_h's volume with probability (1 - p)^n: for n = 20,000 and
@@ -26,7 +28,7 @@ import torch
 from crabs.barrier import Barrier, CertificateTrainer, U
 from crabs.config import BarrierConfig
 from crabs.mala import Adversary
-from crabs.states import EDGE_WIDTH, certified_box, certified_states, edge_states
+from crabs.states import EDGE_WIDTH, certified_box, certified_states, edge_states, rollout_states
 
 Update = Callable[[torch.Tensor], None]
 """Called with the violating states W whenever the adversary finds some."""
@@ -57,6 +59,9 @@ class Certifier:
         if c.audit_edge_samples > 0:   # C_h's slabs next to the safety limits (B_safe's cliff)
             parts.append(edge_states(h, (adv.low, adv.high), h.spec, c.audit_edge_samples, EDGE_WIDTH,
                                      self.audit_gen))
+        if c.audit_rollouts > 0 and c.audit_rollout_steps > 0:   # where the closed loop goes (no draws)
+            starts = parts[0][: c.audit_rollouts]
+            parts.append(rollout_states(h, model, policy, starts, c.audit_rollout_steps))
         if adv.state is not None:
             parts.append(adv.state.x)
         if self.replay is not None:

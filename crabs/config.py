@@ -146,12 +146,21 @@ class BarrierConfig:
     audit_samples: int = 20000                 # uniform states of C_h per audit (and at most this
                                                # many replay states): a counter-example region of
                                                # 1e-3 of C_h is missed with probability 2e-9
-    audit_edge_samples: int = 0                # > 0: the audit also draws up to this many states of
-                                               # C_h from the slabs within 5% of each safety limit
+    audit_edge_samples: int = 4000             # the audit also draws up to this many states of C_h
+                                               # from the slabs within 5% of each safety limit
                                                # (inside the edge pad), where B_safe's cliff leaves
                                                # slivers the uniform ones miss (held-out Swing seed
-                                               # 10); not yet a default (it changes which triples
-                                               # are certified: for the next freeze)
+                                               # 10); 0: uniform states only (the freeze of bd02729)
+
+    audit_rollouts: int = 256                  # the audit also follows this many of its uniform
+                                               # states of C_h for audit_rollout_steps steps of the
+                                               # mean policy under the ensemble's mean prediction and
+                                               # audits the states of C_h they visit: a closed loop
+                                               # that creeps out of C_h crosses its edge in a strip
+                                               # too thin for uniform samples, which the adversary
+                                               # missed too (Tilt seed 1, second freeze's tuning
+                                               # runs); 0: off (the first freeze)
+    audit_rollout_steps: int = 200             # steps of each audit rollout
 
     def validate(self, where: str) -> None:
         if self.init not in ("rollout", "none", "handcrafted"):
@@ -173,6 +182,9 @@ class BarrierConfig:
         if self.reg_states not in ("candidates", "certified", "visited"):
             raise ValueError(f"{where}.reg_states: must be 'candidates', 'certified' or 'visited', "
                              f"got {self.reg_states!r}")
+        for key in ("audit_samples", "audit_edge_samples", "audit_rollouts", "audit_rollout_steps"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{where}.{key}: must be >= 0, got {getattr(self, key)}")
 
 
 CHAINS_PER_DIM = 200

@@ -88,3 +88,25 @@ def edge_states(h, box: tuple[torch.Tensor, torch.Tensor], spec, n: int, width: 
         return torch.zeros(0, len(lo))
     per = max(1, n // len(slabs))
     return torch.cat([certified_states(h, slab, per, gen) for slab in slabs])
+
+
+@torch.no_grad()
+def rollout_states(h, model, policy, starts: torch.Tensor, steps: int, settled: float = 1e-6) -> torch.Tensor:
+    """The states of C_h that the mean policy visits in up to ``steps`` steps of the ensemble's mean
+    prediction from each start (the closed loop under the model; a trajectory is followed until it
+    leaves C_h). Where the closed loop creeps out of C_h it crosses C_h's edge in a strip that can
+    be far too thin for uniform samples of C_h, and where every trajectory from a basin goes, the
+    rollouts go too. A trajectory that has come to rest (no coordinate moved more than ``settled``
+    in a step) is not followed further: it would only visit the same state again."""
+    visited, s = [], starts
+    for _ in range(steps):
+        if len(s) == 0:
+            break
+        s2 = model.means(s, policy.mean_action(s)).mean(0)
+        keep = torch.isfinite(s2).all(-1)
+        s, s2 = s[keep], s2[keep]
+        keep = h(s2) >= 0
+        s, s2 = s[keep], s2[keep]
+        visited.append(s2)
+        s = s2[(s2 - s).abs().amax(-1) > settled]   # at rest: its next states are this one again
+    return torch.cat(visited) if visited else starts[:0]

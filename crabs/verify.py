@@ -6,8 +6,10 @@ tools independent of those that trained it.
 * R.3 under the learned model: a fresh adversary (its own seed, ``chains_mult`` times the run's
   chains, ``steps`` MALA steps on U(s, pi(s), h) over C_h) and U at uniform certified states, and
   at up to ``n`` certified states drawn from the slabs next to the safety limits (``EDGE_WIDTH`` of
-  each limit, where B_safe's cliff can leave slivers too thin for the uniform ones): the largest
-  U found and how many certified states have U > 0.
+  each limit, where B_safe's cliff can leave slivers too thin for the uniform ones), and at the
+  certified states the mean policy visits under the model's mean prediction from ``states`` of the
+  uniform ones for ``horizon`` steps (a closed loop creeping out of C_h crosses its edge in a strip
+  too thin for uniform samples): the largest U found and how many certified states have U > 0.
 * R.3 in the true dynamics (for systems whose ``reset`` accepts ``options={"state": s}``, as the
   built-in tasks and ``make_state_env`` environments do; for others this part is skipped, and the
   result says so, before any step is taken): from uniform certified states, the mean policy's
@@ -42,7 +44,7 @@ from crabs.mala import Adversary
 from crabs.rollout import Step, mean_actor, run_episode
 from crabs.runs import RunDir, checkpoint_rows, write_json
 from crabs.safety import SafetyState, epochs_certified
-from crabs.states import EDGE_WIDTH, certified_box, certified_samples, edge_states, uniform
+from crabs.states import EDGE_WIDTH, certified_box, certified_samples, edge_states, rollout_states, uniform
 from crabs.system import System
 
 
@@ -181,6 +183,11 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
     # after everything above, so the other parts of the audit are as they were)
     edge = edge_states(h, (low, high), sys.spec, n, EDGE_WIDTH, gen)
     ue = U_pi(h, model, policy, edge).detach() if len(edge) else torch.zeros(0)
+    # and the states of C_h that the mean policy visits under the model from ``states`` of the
+    # uniform certified states, for the horizon: where a closed loop creeps out of C_h (no draws)
+    horizon = sys.spec.horizon if horizon is None else horizon
+    roll = rollout_states(h, model, policy, inside[:states], horizon)
+    ur = U_pi(h, model, policy, roll).detach() if len(roll) else torch.zeros(0)
     result = {
         "run": str(run_dir), "task": sys.name, "which": which,
         "certified_at_end": bool(pair.certified_at_end),
@@ -195,9 +202,12 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
                      "uniform_U_positive": int((u > 0).sum()),
                      "edge_width": EDGE_WIDTH, "edge_certified_states": len(edge),
                      "edge_max_U": float(ue.max()) if len(ue) else None,
-                     "edge_U_positive": int((ue > 0).sum())},
+                     "edge_U_positive": int((ue > 0).sum()),
+                     "rollout_starts": min(states, len(inside)), "rollout_steps": horizon,
+                     "rollout_certified_states": len(roll),
+                     "rollout_max_U": float(ur.max()) if len(ur) else None,
+                     "rollout_U_positive": int((ur > 0).sum())},
     }
-    horizon = sys.spec.horizon if horizon is None else horizon
     if states > 0 and len(inside):
         # a certified state outside the safe set is already an R.1 failure; it cannot start a rollout
         starts = inside[sys.spec.is_safe_torch(inside)]
@@ -219,7 +229,7 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
     # model (the fresh adversary included), and no rollout that left C_h in the true dynamics
     m = result["R3_model"]
     result["R3_model_holds"] = (m["adversary_max_U"] <= 0 and m["uniform_U_positive"] == 0
-                                and m["edge_U_positive"] == 0)
+                                and m["edge_U_positive"] == 0 and m["rollout_U_positive"] == 0)
     result["R3_holds"] = result["R3_model_holds"] and t.get("rollouts_leaving_C_h", 0) == 0
     write_json(out / "verify.json", result)
     return result
@@ -233,7 +243,9 @@ def summary_line(r: dict) -> str:
             f"model: adversary max U {m['adversary_max_U']:.3g} ({m['adversary_chains']} chains), U > 0 at "
             f"{m['uniform_U_positive']} of {m['uniform_certified_states']} certified states"
             + (f" and {m['edge_U_positive']} of {m['edge_certified_states']} next to the limits"
-               if "edge_certified_states" in m else "") + "; ")
+               if "edge_certified_states" in m else "")
+            + (f" and {m['rollout_U_positive']} of {m['rollout_certified_states']} the policy visits "
+               f"under the model" if "rollout_certified_states" in m else "") + "; ")
     if "skipped" in d or not d.get("starts"):
         why = d.get("skipped", "no rollouts: none asked for, or no certified state to start from")
         line += f"true dynamics not checked ({why})"

@@ -100,11 +100,56 @@ def test_the_audit_can_sample_the_slabs_next_to_the_limits():
     Swing seed 10 had) slips past 100 uniform states of C_h but not past 200,000 of the slabs."""
     bump = ((0.975, 0.9799), (0.0, 0.004))            # 0.0049 x 0.004 = 2e-5 of the 2 x 2 box
     c, h = _certifier(audit=True)
-    c.cfg = dataclasses.replace(c.cfg, audit_samples=100)
+    c.cfg = dataclasses.replace(c.cfg, audit_samples=100, audit_edge_samples=0)
     assert len(c.audit(h, BumpModel(bump), ZeroPolicy())) == 0
     c.cfg = dataclasses.replace(c.cfg, audit_edge_samples=200000)
     w = c.audit(h, BumpModel(bump), ZeroPolicy())
     assert len(w) > 0 and bool((w[:, 0] > 0.975).all())
+
+
+def test_the_default_audit_finds_a_sliver_as_dense_as_held_out_swings_every_time():
+    """The default ``audit_edge_samples`` (4000): a sliver at the x limit holding 0.28% of the slabs'
+    part of C_h (held-out Swing seed 10's, which `crabs verify` found at 6 of 2133 slab states) is found
+    by each of 20 audits, with the uniform part too small (100 states) to find it."""
+    assert BarrierConfig().audit_edge_samples == 4000
+    bump = ((0.975, 0.98), (0.0, 0.09))                # 4.5e-4: 0.28% of the two slabs' 0.16 of C_h
+    c, h = _certifier(audit=True)
+    c.cfg = dataclasses.replace(c.cfg, audit_samples=100)
+    found = [len(c.audit(h, BumpModel(bump), ZeroPolicy())) for _ in range(20)]
+    assert min(found) > 0, found
+    c.cfg = dataclasses.replace(c.cfg, audit_edge_samples=0)
+    found = [len(c.audit(h, BumpModel(bump), ZeroPolicy())) for _ in range(20)]
+    assert sum(n > 0 for n in found) <= 2, found      # uniform states of C_h alone: rarely
+
+
+class LeakModel(torch.nn.Module):
+    """A closed loop that creeps out of C_h: v is drawn to 0.5 everywhere (halving the gap each step)
+    and x halves, except in a channel |v - 0.5| < 0.001, where x creeps right by 0.01 a step until
+    it crosses C_h's edge. The counter-examples (channel states within a step of the edge) hold
+    about 5e-6 of the box: uniform samples miss them, while every trajectory ends up there."""
+
+    def means(self, s, a):
+        x, v = s[..., 0], s[..., 1]
+        channel = (v - 0.5).abs() < 0.001
+        nxt = torch.stack([torch.where(channel, x + 0.01, 0.5 * x), 0.5 * v + 0.25], -1)
+        return nxt[None].expand(3, *s.shape)
+
+
+def test_the_audit_follows_the_closed_loop_to_where_it_leaves_C_h():
+    """barrier.audit_rollouts: tuning Tilt seed 1's delivered policy crept out of C_h from every
+    certified start (a state near the hold point drifting 0.0004 rad a step), in a strip along C_h's
+    edge that neither the adversary nor 20,000 uniform states found; rolling the mean policy out
+    under the model from the audit's uniform states finds it."""
+    c, h = _certifier(audit=True)
+    c.cfg = dataclasses.replace(c.cfg, audit_samples=200, audit_edge_samples=0, audit_rollouts=0)
+    assert len(c.audit(h, LeakModel(), ZeroPolicy())) == 0
+    c.cfg = dataclasses.replace(c.cfg, audit_rollouts=8, audit_rollout_steps=200)
+    w = c.audit(h, LeakModel(), ZeroPolicy())
+    assert len(w) > 0
+    assert bool(((w[:, 0] > 0.95) & ((w[:, 1] - 0.5).abs() < 0.001)).all())   # the channel at the edge
+    c.cfg = dataclasses.replace(c.cfg, audit_rollout_steps=20)   # too short to get there
+    assert len(c.audit(h, LeakModel(), ZeroPolicy())) == 0
+    assert BarrierConfig().audit_rollouts > 0 and BarrierConfig().audit_rollout_steps >= 200
 
 
 class PushModel(torch.nn.Module):

@@ -148,7 +148,7 @@ def test_overrides_apply_after_the_file_and_keep_the_rest(tmp_path):
     assert (cfg.sac.tau, cfg.epochs, cfg.barrier.hidden) == (0.01, 12, (32, 32))
     default = load_config(task="upright")
     assert cfg == default.replace(sac={"tau": 0.01}, epochs=12, barrier={"hidden": [32, 32]})
-    assert default.epochs == 8 and default.sac.steps_per_epoch == 2000  # upright.yaml's, kept
+    assert default.epochs == 16 and default.sac.steps_per_epoch == 2000  # upright.yaml's, kept
     mine = tmp_path / "mine.yaml"
     mine.write_text("epochs: 5\nsac:\n  tau: 0.2\n  lr: 0.001\n")
     cfg = load_config(mine, task="upright", overrides=ov)

@@ -219,12 +219,28 @@ def test_failing_trials_are_reported_and_the_others_finish(tmp_path, local_ray, 
         assert not (out / t / "ledger.jsonl").exists()   # the run there was not touched
 
 
+def test_the_baselines_budget_is_a_crabs_runs_steps_per_task():
+    """BUDGET follows the task files: a CRABS run's real steps when no episode ends early (start-up
+    episodes and evaluation, per epoch its exploration episodes and one evaluation, the final
+    evaluation), rounded up by less than 10%, so that changing a task's epochs cannot leave the
+    baselines' like-for-like budget behind."""
+    from crabs.baselines.config import BUDGET
+    from crabs.config import load_config
+    from crabs.envs import get_task
+    for task, budget in BUDGET.items():
+        cfg, horizon = load_config(task=task), get_task(task).spec.horizon
+        e = cfg.explore
+        per_epoch = e.episodes_per_epoch + e.uniform_episodes + e.noisy_episodes + 1
+        steps = horizon * (cfg.init_episodes + 1 + cfg.epochs * per_epoch + 1)
+        assert steps <= budget < 1.1 * steps, (task, steps, budget)
+
+
 def test_budgets_set_the_baselines_steps_per_task(tmp_path):
     trials = sweep.expand(["upright", "move"], ["crabs", "sac"], [0])
     steps = {s["name"]: s["config"].get("total_steps")
              for s in sweep.trial_specs(trials, tmp_path, budget="3x")}
     # three times each task's CRABS-sized budget; CRABS itself is untouched
-    assert steps == {"upright/crabs/seed0": None, "upright/sac/seed0": 15000,
+    assert steps == {"upright/crabs/seed0": None, "upright/sac/seed0": 24000,
                      "move/crabs/seed0": None, "move/sac/seed0": 270000}
     paper = sweep.trial_specs(trials, tmp_path, budget="paper")
     assert [s["config"].get("total_steps") for s in paper] == [None, 1_000_000, None, 1_000_000]

@@ -12,11 +12,12 @@ from crabs.envs import get_task
 
 ALGORITHMS = ("sac", "cpo", "recovery_rl", "sqrl")
 
-BUDGET = {"upright": 5000, "tilt": 10000, "move": 90000, "swing": 290000}
+BUDGET = {"upright": 8000, "tilt": 8000, "move": 90000, "swing": 290000}
 """Default online real steps per task: about what the task's default CRABS run takes, counted from
 its protocol (the start-up episodes and evaluation, then per epoch its exploration episodes and one
-evaluation, each at most the horizon, and the final evaluation): Upright 4,600, Tilt 9,400, Move
+evaluation, each at most the horizon, and the final evaluation): Upright 7,800, Tilt 7,800, Move
 87,000 and Swing 287,000 when no episode ends early."""
+
 
 PAPER_STEPS = 1_000_000
 """The baselines' online real steps in the paper (Sec. 6: 10^6 for every task)."""

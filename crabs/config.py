@@ -182,9 +182,6 @@ class BarrierConfig:
         if self.reg_states not in ("candidates", "certified", "visited"):
             raise ValueError(f"{where}.reg_states: must be 'candidates', 'certified' or 'visited', "
                              f"got {self.reg_states!r}")
-        for key in ("audit_samples", "audit_edge_samples", "audit_rollouts", "audit_rollout_steps"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{where}.{key}: must be >= 0, got {getattr(self, key)}")
 
 
 CHAINS_PER_DIM = 200

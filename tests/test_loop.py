@@ -104,6 +104,9 @@ def test_verify_audits_the_delivered_pair_apart_from_the_run(tiny_run, tmp_path,
     assert r["pair_epoch"] == summary["final_policy_epoch"] and r["epochs"] == summary["epochs"]
     assert r["oracle"]["certified_not_viable_states"] == 0
     assert r["R3_model"]["edge_U_positive"] == 0 and r["R3_model"]["edge_width"] == 0.05
+    m = r["R3_model"]   # the closed loop under the model, from the first 10 uniform certified states
+    assert m["rollout_starts"] == 10 and m["rollout_steps"] == 60 and m["rollout_U_positive"] == 0
+    assert 0 < m["rollout_certified_states"] <= 600
     assert json.loads((run / "verify" / "verify.json").read_text()) == r
     audit = ledger_totals(read_ledger(run / "verify" / "ledger.jsonl"))
     assert 10 <= audit.env_steps <= 600 and audit.episodes == 10
@@ -122,6 +125,7 @@ def test_verify_audits_the_delivered_pair_apart_from_the_run(tiny_run, tmp_path,
     # the audit ledger continues its counts across audits
     assert ledger_totals(read_ledger(run / "verify" / "ledger.jsonl")).episodes == 20
     assert bad["R3_model"]["uniform_U_positive"] > 0   # the model sees it too
+    assert bad["R3_model"]["rollout_U_positive"] > 0   # and so do its rollouts of the closed loop
     assert not bad["R3_model_holds"] and summary_line(bad).endswith("-> UNSOUND, R.3 FAILS under the model")
     with pytest.raises(ValueError, match="which must be 'delivered' or 'last'"):
         verify_run(run, which="best")

@@ -230,8 +230,9 @@ def test_the_baselines_budget_is_a_crabs_runs_steps_per_task():
     for task, budget in BUDGET.items():
         cfg, horizon = load_config(task=task), get_task(task).spec.horizon
         e = cfg.explore
-        per_epoch = e.episodes_per_epoch + e.uniform_episodes + e.noisy_episodes + 1
-        steps = horizon * (cfg.init_episodes + 1 + cfg.epochs * per_epoch + 1)
+        explore = e.episodes_per_epoch + e.uniform_episodes + e.noisy_episodes
+        evaluations = cfg.epochs // cfg.eval_every
+        steps = horizon * (cfg.init_episodes + 1 + cfg.epochs * explore + evaluations + 1)
         assert steps <= budget < 1.1 * steps, (task, steps, budget)
 
 

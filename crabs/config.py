@@ -151,7 +151,6 @@ class BarrierConfig:
                                                # (inside the edge pad), where B_safe's cliff leaves
                                                # slivers the uniform ones miss (held-out Swing seed
                                                # 10); 0: uniform states only (the freeze of bd02729)
-
     audit_rollouts: int = 256                  # the audit also follows this many of its uniform
                                                # states of C_h for audit_rollout_steps steps of the
                                                # mean policy under the ensemble's mean prediction and

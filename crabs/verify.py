@@ -153,6 +153,14 @@ def _rollouts(pair: RunPair, starts: torch.Tensor, horizon: int, audit: RunDir) 
             "first_violating_start": worst}
 
 
+def _u_stats(part: str, h, model, policy, states: torch.Tensor) -> dict:
+    """``{part}_certified_states``, ``{part}_max_U`` (None when there are none) and
+    ``{part}_U_positive`` of U^pi (Eq. 4) at ``states`` (certified states) under ``model``."""
+    u = U_pi(h, model, policy, states).detach() if len(states) else torch.zeros(0)
+    return {f"{part}_certified_states": len(states), f"{part}_max_U": float(u.max()) if len(u) else None,
+            f"{part}_U_positive": int((u > 0).sum())}
+
+
 def verify_run(run_dir: str | Path, system: System | None = None, which: str = "delivered",
                n: int = 20000, states: int = 200, horizon: int | None = None, chains_mult: int = 4,
                steps: int = 200, seed: int = 0) -> dict:
@@ -178,16 +186,13 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
         adv.step(h, model, policy)
     c_box = certified_box(h, low, high, cfg.mala.box_samples, cfg.mala.box_scale, box_gen)
     inside = certified_samples(h, c_box, n, gen)
-    u = U_pi(h, model, policy, inside).detach() if len(inside) else torch.zeros(0)
     # and C_h's slabs next to the safety limits, where B_safe's cliff makes thin slivers (drawn
     # after everything above, so the other parts of the audit are as they were)
     edge = edge_states(h, (low, high), sys.spec, n, EDGE_WIDTH, gen)
-    ue = U_pi(h, model, policy, edge).detach() if len(edge) else torch.zeros(0)
     # and the states of C_h that the mean policy visits under the model from ``states`` of the
     # uniform certified states, for the horizon: where a closed loop creeps out of C_h (no draws)
     horizon = sys.spec.horizon if horizon is None else horizon
     roll = rollout_states(h, model, policy, inside[:states], horizon)
-    ur = U_pi(h, model, policy, roll).detach() if len(roll) else torch.zeros(0)
     result = {
         "run": str(run_dir), "task": sys.name, "which": which,
         "certified_at_end": bool(pair.certified_at_end),
@@ -197,16 +202,11 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
         "R1_R2": {"box_samples": n, "certified": float(cert.float().mean()),
                   "certified_but_unsafe": int((cert & unsafe).sum())},
         "R3_model": {"adversary_chains": mcfg.chains, "adversary_steps": steps,
-                     "adversary_max_U": adv.max_U(), "uniform_certified_states": len(inside),
-                     "uniform_max_U": float(u.max()) if len(u) else None,
-                     "uniform_U_positive": int((u > 0).sum()),
-                     "edge_width": EDGE_WIDTH, "edge_certified_states": len(edge),
-                     "edge_max_U": float(ue.max()) if len(ue) else None,
-                     "edge_U_positive": int((ue > 0).sum()),
+                     "adversary_max_U": adv.max_U(),
+                     **_u_stats("uniform", h, model, policy, inside),
+                     "edge_width": EDGE_WIDTH, **_u_stats("edge", h, model, policy, edge),
                      "rollout_starts": min(states, len(inside)), "rollout_steps": horizon,
-                     "rollout_certified_states": len(roll),
-                     "rollout_max_U": float(ur.max()) if len(ur) else None,
-                     "rollout_U_positive": int((ur > 0).sum())},
+                     **_u_stats("rollout", h, model, policy, roll)},
     }
     if states > 0 and len(inside):
         # a certified state outside the safe set is already an R.1 failure; it cannot start a rollout

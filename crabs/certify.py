@@ -66,11 +66,34 @@ class Certifier:
             parts.append(adv.state.x)
         if self.replay is not None:
             parts.append(self.replay())
-        s = torch.cat(parts)
-        s = s[h(s) >= 0]
-        w = s[U(h, model, s, policy.mean_action(s)) + c.eps > 0] if len(s) else s
+        w = self.counter_examples(h, model, policy, torch.cat(parts))
         self.catches += int(len(w) > 0)
         return w
+
+    @torch.no_grad()
+    def counter_examples(self, h: Barrier, model, policy, s: torch.Tensor, margin: float | None = None,
+                         chunk: int = 20000) -> torch.Tensor:
+        """The states of ``s`` in C_h with U(s, pi(s), h) + margin > 0 (margin: eps unless given; in
+        chunks, for large audits)."""
+        margin = self.cfg.eps if margin is None else margin
+        s = s[h(s) >= 0]
+        found = [x[U(h, model, x, policy.mean_action(x)) + margin > 0] for x in s.split(chunk)]
+        return torch.cat(found) if found else s
+
+    @torch.no_grad()
+    def delivery_audit(self, h: Barrier, model, policy, n: int, horizon: int,
+                       gen: torch.Generator) -> torch.Tensor:
+        """The audit a pair must pass to become the run's best (``barrier.delivery_audit``): the
+        regular audit's parts at n states each (uniform states of C_h, its slabs next to the safety
+        limits, the closed loop from n // 100 of the uniform ones for ``horizon`` steps), drawn from
+        ``gen`` so that the run's other draws are as without it. Returns the counter-examples to R.3
+        itself (U > 0, as ``crabs verify`` judges; the training audit's margin eps is for training)."""
+        adv = self.adv
+        box = certified_box(h, adv.low, adv.high, adv.cfg.box_samples, adv.cfg.box_scale, gen)
+        inside = certified_states(h, box, n, gen)
+        parts = [inside, edge_states(h, (adv.low, adv.high), h.spec, n, EDGE_WIDTH, gen),
+                 rollout_states(h, model, policy, inside[: n // 100], horizon)]
+        return self.counter_examples(h, model, policy, torch.cat(parts), margin=0.0)
 
     def until_quiet(self, h: Barrier, model, policy, max_steps: int, update: Update) -> tuple[bool, int]:
         """Run the adversary, calling ``update(W)`` whenever it finds violating states, until it has

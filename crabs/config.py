@@ -160,6 +160,16 @@ class BarrierConfig:
                                                # missed too (Tilt seed 1, second freeze's tuning
                                                # runs); 0: off (the first freeze)
     audit_rollout_steps: int = 200             # steps of each audit rollout
+    delivery_audit: int = 100000               # a certified pair becomes the run's best (what
+                                               # final_policy: best delivers) only if a larger
+                                               # audit finds no state with U > 0 (R.3) among this
+                                               # many uniform states of C_h, up to this many of
+                                               # its slabs and the closed loop from 1 in 100 of
+                                               # the uniform ones over the spec's horizon, under
+                                               # the pair's own model: 5x crabs verify's, which
+                                               # a pair with a slab sliver can pass by luck at the
+                                               # training audit's size (held-out planar_puck);
+                                               # 0: off (the second freeze)
 
     def validate(self, where: str) -> None:
         if self.init not in ("rollout", "none", "handcrafted"):

@@ -103,6 +103,7 @@ class CRABS(Runner):
         self.sac = ConstrainedSAC(self.policy, cfg.sac, system.reward)
         self.adv = Adversary(system.state_low, system.state_high, cfg.mala, seed=cfg.seed + 2)
         self.audit_gen = torch.Generator().manual_seed(cfg.seed + 3)
+        self.delivery_gen = torch.Generator().manual_seed(cfg.seed + 4)   # its own: other draws unchanged
         self.certifier = Certifier(self.adv, cfg.barrier, self.tgen, self.audited_replay, self.audit_gen)
         self.low = torch.as_tensor(system.state_low, dtype=torch.float32)
         self.high = torch.as_tensor(system.state_high, dtype=torch.float32)
@@ -553,7 +554,7 @@ class CRABS(Runner):
         with lap(timer, "eval"):
             if self.cfg.eval_every and (self.epoch + 1) % self.cfg.eval_every == 0:
                 row.update(self.evaluate())
-                self.keep_if_best(self.epoch + 1, row["eval_return"])
+                row.update(self.keep_if_best(self.epoch + 1, row["eval_return"]))
             row.update(certified_volume=self.certified_volume(), uniform_violations=self.uniform_violations(),
                        env_steps=self.counters.env_steps, episodes=self.counters.episodes,
                        violations=self.counters.violations)
@@ -569,10 +570,23 @@ class CRABS(Runner):
         (``crabs compare`` groups runs by it)."""
         return {**super().summary(started, **fields), "algorithm": algorithm_of(self.cfg.to_dict())}
 
-    def keep_if_best(self, epoch: int, ret: float) -> None:
-        """Remember the evaluated (policy, h) pair if it is certified and the best so far."""
+    def keep_if_best(self, epoch: int, ret: float) -> dict:
+        """Remember the evaluated (policy, h) pair if it is certified, the best so far and passes the
+        delivery audit (``barrier.delivery_audit``); returns the audit's outcome for metrics.csv
+        (``delivery_counter_examples``, when there was one)."""
+        n = self.cfg.barrier.delivery_audit
+        if not self.safety.would_keep(ret):
+            return {}
+        info = {}
+        if n > 0:
+            found = self.certifier.delivery_audit(self.h, self.model, self.policy, n, self.sys.spec.horizon,
+                                                  self.delivery_gen)
+            info["delivery_counter_examples"] = len(found)
+            if len(found):
+                return info
         self.safety.offer_best(epoch, ret, self.policy.state_dict(), self.h.state_dict(),
                                self.model.state_dict())
+        return info
 
     def adopt_final_policy(self) -> int:
         """With ``final_policy: best``, load the best certified pair and the model it was certified
@@ -605,7 +619,8 @@ class CRABS(Runner):
                                  else torch.as_tensor(np.asarray(traj), dtype=torch.float32)})
 
     def generators(self) -> dict[str, torch.Generator]:
-        return {"tgen": self.tgen, "adv": self.adv.gen, "audit": self.audit_gen}
+        return {"tgen": self.tgen, "adv": self.adv.gen, "audit": self.audit_gen,
+                "delivery": self.delivery_gen}
 
     def extra_state(self) -> dict:
         return {"epoch": self.epoch, **self.safety.to_dict(), "model": self.dyn.state_dict(),
@@ -666,7 +681,7 @@ class CRABS(Runner):
                    "env_steps": self.counters.env_steps,
                    "episodes": self.counters.episodes, "violations": self.counters.violations,
                    "epoch_s": round(time.time() - started, 2)}
-            self.keep_if_best(0, row["eval_return"])
+            row.update(self.keep_if_best(0, row["eval_return"]))
             self.rows.append(row)
             self.record_c_h(row)
             self.write_metrics()

@@ -85,15 +85,17 @@ class SafetyState:
         """Keep the evaluated pair (with the model it was certified under) if the evaluation ran the
         current policy certified by the current h and its return is the highest so far; returns
         whether it was kept."""
-        if not self.certified or not np.isfinite(ret):
-            return False
-        if self.best is not None and ret <= self.best["return"]:
+        if not self.would_keep(ret):
             return False
         self.best = {"epoch": int(epoch), "return": float(ret), "policy": copy.deepcopy(policy_state),
                      "h": copy.deepcopy(h_state)}
         if model_state is not None:
             self.best["model"] = copy.deepcopy(model_state)
         return True
+
+    def would_keep(self, ret: float) -> bool:
+        """Whether :meth:`offer_best` would keep a pair evaluated at ``ret`` now."""
+        return self.certified and bool(np.isfinite(ret)) and (self.best is None or ret > self.best["return"])
 
     def delivered(self, final_policy: str, epoch: int) -> tuple[int, dict | None]:
         """What the run delivers: (the epoch of its policy, the best pair to load or None). With

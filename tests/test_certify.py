@@ -122,6 +122,24 @@ def test_the_default_audit_finds_a_sliver_as_dense_as_held_out_swings_every_time
     assert sum(n > 0 for n in found) <= 2, found      # uniform states of C_h alone: rarely
 
 
+def test_the_delivery_audit_finds_a_sliver_the_training_audit_can_miss():
+    """barrier.delivery_audit: a sliver of 5e-6 of the box at the x limit (1 in 4000 of the slabs'
+    part of C_h, rarer than held-out planar_puck's) escapes most regular audits at the default slab
+    size, never the delivery audit at its default size."""
+    n = BarrierConfig().delivery_audit
+    assert n == 100000
+    bump = ((0.976, 0.9785), (0.0, 0.004))             # 0.0025 x 0.004 = 1e-5 of the 2 x 2 box's area 4
+    c, h = _certifier(audit=True)
+    c.cfg = dataclasses.replace(c.cfg, audit_samples=100, audit_rollouts=0)
+    regular = [len(c.audit(h, BumpModel(bump), ZeroPolicy())) > 0 for _ in range(10)]
+    assert sum(regular) <= 8, regular                  # the default 4000 slab states: often missed
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        w = c.delivery_audit(h, BumpModel(bump), ZeroPolicy(), n, SPEC.horizon, gen)
+        assert len(w) > 0 and bool(((w[:, 0] > 0.976) & (w[:, 0] < 0.9785)).all())
+    assert len(c.delivery_audit(h, BumpModel(), ZeroPolicy(), n, SPEC.horizon, gen)) == 0   # nothing to find
+
+
 class LeakModel(torch.nn.Module):
     """A closed loop that creeps out of C_h: v is drawn to 0.5 everywhere (halving the gap each step)
     and x halves, except in a channel |v - 0.5| < 0.001, where x creeps right by 0.01 a step until

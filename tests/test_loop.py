@@ -275,12 +275,33 @@ def test_fallback_policy_follows_the_last_certified_policy(tmp_path):
     torch.testing.assert_close(torch.as_tensor(d1.action), torch.as_tensor(mean_actor(c.policy)(s)))
 
 
+def test_a_pair_the_delivery_audit_refutes_is_never_kept_as_best(tmp_path, monkeypatch):
+    """barrier.delivery_audit: a certified pair with a higher return is kept as the run's best only if
+    the delivery audit finds nothing, under the pair's own model; what it found goes to metrics.csv."""
+    from crabs.system import builtin_system
+
+    c = CRABS(builtin_system("upright"), Config.from_dict(TINY), tmp_path, progress=False)
+    c.safety.certified = True
+    calls = []
+
+    def audit(h, model, policy, n, horizon, gen):
+        calls.append((n, horizon, model is c.model, gen is c.delivery_gen))
+        return torch.zeros(3 if len(calls) == 1 else 0, 2)      # the first audit refutes its pair
+
+    monkeypatch.setattr(c.certifier, "delivery_audit", audit)
+    assert c.keep_if_best(1, -5.0) == {"delivery_counter_examples": 3} and c.safety.best is None
+    assert c.keep_if_best(2, -6.0) == {"delivery_counter_examples": 0} and c.safety.best["epoch"] == 2
+    assert c.keep_if_best(3, -7.0) == {} and len(calls) == 2       # not better: no audit
+    assert calls[0] == (5000, c.sys.spec.horizon, True, True)
+
+
 def test_best_pair_is_kept_only_from_certified_evaluations_and_delivered(tmp_path):
     """final_policy: the highest-return evaluation whose policy was certified is kept with its h,
     survives a checkpoint, and is what the run delivers with "best" (with "last", nothing moves)."""
     from crabs.system import builtin_system
 
-    c = CRABS(builtin_system("upright"), Config.from_dict(TINY), tmp_path, progress=False)
+    cfg = Config.from_dict(TINY).replace(barrier={"delivery_audit": 0})   # (its own test above)
+    c = CRABS(builtin_system("upright"), cfg, tmp_path, progress=False)
     c.safety.certified = True
     c.keep_if_best(1, -5.0)
     pi1 = copy.deepcopy(c.policy.state_dict())

@@ -54,14 +54,8 @@ class Certifier:
         c, adv = self.cfg, self.adv
         if not c.audit:
             return torch.zeros(0, len(adv.low))
-        box = certified_box(h, adv.low, adv.high, adv.cfg.box_samples, adv.cfg.box_scale, self.audit_gen)
-        parts = [certified_states(h, box, c.audit_samples, self.audit_gen)]
-        if c.audit_edge_samples > 0:   # C_h's slabs next to the safety limits (B_safe's cliff)
-            parts.append(edge_states(h, (adv.low, adv.high), h.spec, c.audit_edge_samples, EDGE_WIDTH,
-                                     self.audit_gen))
-        if c.audit_rollouts > 0 and c.audit_rollout_steps > 0:   # where the closed loop goes (no draws)
-            starts = parts[0][: c.audit_rollouts]
-            parts.append(rollout_states(h, model, policy, starts, c.audit_rollout_steps))
+        parts = self.sampled_states(h, model, policy, c.audit_samples, c.audit_edge_samples,
+                                    c.audit_rollouts, c.audit_rollout_steps, self.audit_gen)
         if adv.state is not None:
             parts.append(adv.state.x)
         if self.replay is not None:
@@ -81,18 +75,26 @@ class Certifier:
         return torch.cat(found) if found else s
 
     @torch.no_grad()
+    def sampled_states(self, h: Barrier, model, policy, uniform: int, edge: int, starts: int, steps: int,
+                       gen: torch.Generator) -> list[torch.Tensor]:
+        """The audits' drawn parts, in this order from ``gen``: ``uniform`` states of C_h, up to
+        ``edge`` of its slabs next to the safety limits (B_safe's cliff), and the states of C_h the
+        closed loop visits in ``steps`` steps from the first ``starts`` uniform ones (no draws)."""
+        adv = self.adv
+        box = certified_box(h, adv.low, adv.high, adv.cfg.box_samples, adv.cfg.box_scale, gen)
+        inside = certified_states(h, box, uniform, gen)
+        return [inside, edge_states(h, (adv.low, adv.high), h.spec, edge, EDGE_WIDTH, gen),
+                rollout_states(h, model, policy, inside[:starts], steps)]
+
+    @torch.no_grad()
     def delivery_audit(self, h: Barrier, model, policy, n: int, horizon: int,
                        gen: torch.Generator) -> torch.Tensor:
         """The audit a pair must pass to become the run's best (``barrier.delivery_audit``): the
-        regular audit's parts at n states each (uniform states of C_h, its slabs next to the safety
-        limits, the closed loop from n // 100 of the uniform ones for ``horizon`` steps), drawn from
-        ``gen`` so that the run's other draws are as without it. Returns the counter-examples to R.3
-        itself (U > 0, as ``crabs verify`` judges; the training audit's margin eps is for training)."""
-        adv = self.adv
-        box = certified_box(h, adv.low, adv.high, adv.cfg.box_samples, adv.cfg.box_scale, gen)
-        inside = certified_states(h, box, n, gen)
-        parts = [inside, edge_states(h, (adv.low, adv.high), h.spec, n, EDGE_WIDTH, gen),
-                 rollout_states(h, model, policy, inside[: n // 100], horizon)]
+        regular audit's drawn parts at n states each (uniform states of C_h, its slabs, the closed
+        loop from n // 100 of the uniform ones for ``horizon`` steps), drawn from ``gen`` so that the
+        run's other draws are as without it. Returns the counter-examples to R.3 itself (U > 0, as
+        ``crabs verify`` judges; the training audit's margin eps is for training)."""
+        parts = self.sampled_states(h, model, policy, n, n, n // 100, horizon, gen)
         return self.counter_examples(h, model, policy, torch.cat(parts), margin=0.0)
 
     def until_quiet(self, h: Barrier, model, policy, max_steps: int, update: Update) -> tuple[bool, int]:

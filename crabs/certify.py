@@ -16,6 +16,9 @@ Alg. 1 and the adversarial policy steps it is trained on like the adversary's vi
 stop rule starts over; in the check it fails the triple. The uniform part misses a counter-example
 region holding a fraction p of C_h's volume with probability (1 - p)^n: for n = 20,000 and
 p = 1e-3, 2e-9. The audit draws from its own generator, so it changes no other random draw.
+Every counter-example an audit finds (the delivery audit's too) is remembered
+(``audit_memory``) and re-checked by every later audit, so a sliver found once, by luck or by
+the larger delivery audit, blocks until h or the policy has changed there.
 """
 
 from __future__ import annotations
@@ -45,6 +48,12 @@ class Certifier:
         self.replay = replay
         self.audit_gen = audit_gen if audit_gen is not None else torch.Generator().manual_seed(0)
         self.catches = 0   # audits that found a counter-example the quiet adversary had missed
+        self.memory = torch.zeros(0, len(adv.low))   # counter-examples found before (audit_memory)
+
+    def remember(self, w: torch.Tensor) -> None:
+        """Keep the counter-examples ``w`` for every later audit (the newest ``audit_memory``)."""
+        if self.cfg.audit_memory > 0 and len(w):
+            self.memory = torch.cat([self.memory, w.detach().to(self.memory.dtype)])[-self.cfg.audit_memory:]
 
     @torch.no_grad()
     def audit(self, h: Barrier, model, policy) -> torch.Tensor:
@@ -61,6 +70,8 @@ class Certifier:
         if self.replay is not None:
             parts.append(self.replay())
         w = self.counter_examples(h, model, policy, torch.cat(parts))
+        self.remember(w)                       # new ones only: the memory is checked apart
+        w = torch.cat([w, self.counter_examples(h, model, policy, self.memory[: len(self.memory) - len(w)])])
         self.catches += int(len(w) > 0)
         return w
 
@@ -95,7 +106,9 @@ class Certifier:
         run's other draws are as without it. Returns the counter-examples to R.3 itself (U > 0, as
         ``crabs verify`` judges; the training audit's margin eps is for training)."""
         parts = self.sampled_states(h, model, policy, n, n, n // 100, horizon, gen)
-        return self.counter_examples(h, model, policy, torch.cat(parts), margin=0.0)
+        found = self.counter_examples(h, model, policy, torch.cat(parts), margin=0.0)
+        self.remember(found)
+        return found
 
     def until_quiet(self, h: Barrier, model, policy, max_steps: int, update: Update) -> tuple[bool, int]:
         """Run the adversary, calling ``update(W)`` whenever it finds violating states, until it has

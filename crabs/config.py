@@ -170,6 +170,11 @@ class BarrierConfig:
                                                # a pair with a slab sliver can pass by luck at the
                                                # training audit's size (held-out planar_puck);
                                                # 0: off (the second freeze)
+    audit_memory: int = 10000                  # every audit also re-checks up to this many of the
+                                               # counter-examples audits found before (the newest;
+                                               # the delivery audit's included), so one once found
+                                               # blocks every later certification until h or the
+                                               # policy changes there; 0: off (the third freeze)
 
     def validate(self, where: str) -> None:
         if self.init not in ("rollout", "none", "handcrafted"):
@@ -539,6 +544,7 @@ PAPER = {
     "mala.init_step": 1e-3, "barrier.audit": False, "barrier.edge_factor": 0.0, "mala.refresh_frac": 0.0,
     "explore.fallback": "policy", "explore.guard_eval": False, "explore.stop_on_exit": False,
     "barrier.reg_coef": 0.001, "barrier.reg_states": "candidates", "barrier.train_margin": 0.0,
-    "barrier.on_stuck": "rollback", "barrier.eps": 0.01,
+    "barrier.on_stuck": "rollback", "barrier.eps": 0.01, "barrier.delivery_audit": 0,
+    "barrier.audit_memory": 0,
 }
 """Where the default departs from the paper (value = the paper's). See docs/config.md."""

@@ -626,7 +626,7 @@ class CRABS(Runner):
         return {"epoch": self.epoch, **self.safety.to_dict(), "model": self.dyn.state_dict(),
                 "barrier": self.cert.state_dict(), "sac": self.sac.state_dict(),
                 "buffer": self.buffer.state_dict(), "trained_on": self.trained_on,
-                "c_h_history": self.c_h_history}
+                "c_h_history": self.c_h_history, "audit_memory": self.certifier.memory}
 
     def load_extra_state(self, d: dict) -> None:
         self.epoch = d["epoch"]
@@ -637,6 +637,8 @@ class CRABS(Runner):
         self.buffer.load_state_dict(d["buffer"])
         self.trained_on = int(d.get("trained_on", len(self.buffer)))
         self.c_h_history = list(d.get("c_h_history", []))   # absent from older checkpoints
+        if "audit_memory" in d:                              # absent before barrier.audit_memory
+            self.certifier.memory = d["audit_memory"]
         self.refresh_support()
         self.adv.state = None
 

@@ -117,7 +117,9 @@ def test_the_default_audit_finds_a_sliver_as_dense_as_held_out_swings_every_time
     c.cfg = dataclasses.replace(c.cfg, audit_samples=100)
     found = [len(c.audit(h, BumpModel(bump), ZeroPolicy())) for _ in range(20)]
     assert min(found) > 0, found
-    c.cfg = dataclasses.replace(c.cfg, audit_edge_samples=0, audit_rollouts=0)
+    c, h = _certifier(audit=True)                      # a fresh memory, and none kept
+    c.cfg = dataclasses.replace(c.cfg, audit_samples=100, audit_edge_samples=0, audit_rollouts=0,
+                                audit_memory=0)
     found = [len(c.audit(h, BumpModel(bump), ZeroPolicy())) for _ in range(20)]
     assert sum(n > 0 for n in found) <= 2, found      # uniform states of C_h alone: rarely
 
@@ -138,6 +140,28 @@ def test_the_delivery_audit_finds_a_sliver_the_training_audit_can_miss():
         w = c.delivery_audit(h, BumpModel(bump), ZeroPolicy(), n, SPEC.horizon, gen)
         assert len(w) > 0 and bool(((w[:, 0] > 0.976) & (w[:, 0] < 0.9785)).all())
     assert len(c.delivery_audit(h, BumpModel(), ZeroPolicy(), n, SPEC.horizon, gen)) == 0   # nothing to find
+
+
+def test_a_counter_example_once_found_blocks_every_later_audit():
+    """barrier.audit_memory: the sliver the delivery audit found is re-checked by every later
+    regular audit (which alone misses it most of the time), until the triple no longer fails there;
+    with the memory off the regular audit is on its own again."""
+    assert BarrierConfig().audit_memory == 10000
+    bump = ((0.976, 0.9785), (0.0, 0.004))
+    c, h = _certifier(audit=True)
+    c.cfg = dataclasses.replace(c.cfg, audit_samples=100, audit_rollouts=0, audit_edge_samples=50)
+    assert not any(len(c.audit(h, BumpModel(bump), ZeroPolicy())) for _ in range(5))   # it misses
+    found = c.delivery_audit(h, BumpModel(bump), ZeroPolicy(), 100000, SPEC.horizon,
+                             torch.Generator().manual_seed(0))
+    assert len(found) > 0 and len(c.memory) == len(found)
+    for _ in range(5):                                   # now every audit blocks
+        assert len(c.audit(h, BumpModel(bump), ZeroPolicy())) >= len(found)
+    assert len(c.audit(h, BumpModel(None), ZeroPolicy())) == 0   # fixed there: it passes
+    off, h = _certifier(audit=True)
+    off.cfg = dataclasses.replace(c.cfg, audit_memory=0)
+    off.delivery_audit(h, BumpModel(bump), ZeroPolicy(), 100000, SPEC.horizon,
+                       torch.Generator().manual_seed(0))
+    assert len(off.memory) == 0 and not len(off.audit(h, BumpModel(bump), ZeroPolicy()))
 
 
 class LeakModel(torch.nn.Module):
@@ -165,6 +189,8 @@ def test_the_audit_follows_the_closed_loop_to_where_it_leaves_C_h():
     w = c.audit(h, LeakModel(), ZeroPolicy())
     assert len(w) > 0
     assert bool(((w[:, 0] > 0.95) & ((w[:, 1] - 0.5).abs() < 0.001)).all())   # the channel at the edge
+    assert len(c.memory) == len(w)                       # remembered (barrier.audit_memory) ...
+    c.memory = c.memory[:0]                              # ... forgotten, to judge the rollouts alone:
     c.cfg = dataclasses.replace(c.cfg, audit_rollout_steps=20)   # too short to get there
     assert len(c.audit(h, LeakModel(), ZeroPolicy())) == 0
     assert BarrierConfig().audit_rollouts > 0 and BarrierConfig().audit_rollout_steps >= 200

@@ -202,6 +202,32 @@ def test_resume_after_interruption_continues_counters(tmp_path, monkeypatch):
     assert [r["epoch"] for r in hist] == [0, 1, 2]   # Figure 3's history survives the resume
 
 
+def test_the_audit_memory_survives_a_resume(tiny_run, tmp_path):
+    """barrier.audit_memory: the counter-examples found before an interruption are checkpointed and
+    re-checked after it (a found counter-example blocks across a resume too)."""
+    import shutil
+
+    from crabs.runs import RunDir
+    from crabs.system import builtin_system
+
+    src, _ = tiny_run
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+
+    def runner():
+        folder = RunDir(out)
+        cfg = CRABS.read_config(folder)
+        r = CRABS(builtin_system("upright", cfg.sac.hidden, cfg.sac.act), cfg, folder, progress=False)
+        assert r.resume()
+        return r
+
+    r = runner()
+    found = torch.tensor([[0.5, -1.0], [-0.25, 2.0]])
+    r.certifier.remember(found)
+    r.save()
+    assert torch.equal(runner().certifier.memory[-2:], found)
+
+
 def test_crash_during_startup_resumes_with_its_steps_counted(tmp_path, monkeypatch):
     """No checkpoint exists yet: resume starts up again and the dead start-up's steps still count."""
     cfg = Config.from_dict({**TINY, "epochs": 1})

@@ -69,9 +69,9 @@ class Certifier:
             parts.append(adv.state.x)
         if self.replay is not None:
             parts.append(self.replay())
-        w = self.counter_examples(h, model, policy, torch.cat(parts))
-        self.remember(w)                       # new ones only: the memory is checked apart
-        w = torch.cat([w, self.counter_examples(h, model, policy, self.memory[: len(self.memory) - len(w)])])
+        new = self.counter_examples(h, model, policy, torch.cat(parts))
+        w = torch.cat([new, self.counter_examples(h, model, policy, self.memory)])
+        self.remember(new)                     # the new ones only: the memory's are kept already
         self.catches += int(len(w) > 0)
         return w
 

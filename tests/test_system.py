@@ -75,8 +75,8 @@ def test_known_actuator_saturation_reaches_the_model(tmp_path):
 
 
 def test_the_environment_is_checked_before_any_step():
-    """Observations must be the state and actions a Box holding [-1, 1] of the policy's size: one-line
-    errors naming the fix; a wider Box only warns (the policy uses [-1, 1] of it)."""
+    """Observations must be the state, actions a Box holding [-1, 1] of the policy's size and a reset
+    must give s0: one-line errors naming the fix; a wider Box only warns (the policy uses [-1, 1] of it)."""
     from crabs.envs import make_state_env
 
     def step(s, a):
@@ -95,6 +95,13 @@ def test_the_environment_is_checked_before_any_step():
         two.check_env(env)
     with pytest.raises(ValueError, match=r"must be the state, 2 coordinates \['theta', 'theta_dot'\]"):
         make().check_env(env)
+    class Noisy(gym.Wrapper):   # a reset with noise, as most Gymnasium environments have by default
+        def reset(self, *, seed=None, options=None):
+            obs, info = self.env.reset(seed=seed, options=options)
+            return obs + 0.01, info
+    with pytest.raises(ValueError, match=r"reset gives \[0.01\], but episodes must start at the spec's "
+                                         r"s0 \[0.0\]"):
+        system.check_env(Noisy(env))
     for task in ("upright", "swing"):   # the built-in tasks pass as they are
         builtin_system(task).check_env(builtin_system(task).make_env())
 

@@ -259,6 +259,8 @@ class SACConfig:
                                                # prediction, sum_t gamma^t r(s_t) + gamma^H Q(s_H,
                                                # pi(s_H)) (needs System.reward); paper: none (0)
     model_batch: int = 64                      # start states (from the minibatch) of those rollouts
+    model_start: str = "batch"                 # where they start: "batch" (minibatch states) or "s0"
+                                               # (the system's s0, where every episode starts)
     model_every: int = 1                       # the model-based term enters every n-th SAC step
     model_masked: bool = False                 # true: the rollout ends with -C - U at its first step
                                                # with U > 0, like Eq. (10)'s Q-hat
@@ -266,6 +268,8 @@ class SACConfig:
     def validate(self, where: str) -> None:
         if self.model_every < 1:
             raise ValueError(f"{where}.model_every: must be >= 1, got {self.model_every}")
+        if self.model_start not in ("batch", "s0"):
+            raise ValueError(f"{where}.model_start: must be 'batch' or 's0', got {self.model_start!r}")
         if not self.adv_anchor >= 0:
             raise ValueError(f"{where}.adv_anchor: must be >= 0, got {self.adv_anchor}")
 

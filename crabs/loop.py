@@ -100,7 +100,7 @@ class CRABS(Runner):
         self.dyn = DynamicsTrainer(self.model, cfg.dynamics)
         self.h = make_barrier(system, cfg)
         self.cert = CertificateTrainer(self.h, cfg.barrier)
-        self.sac = ConstrainedSAC(self.policy, cfg.sac, system.reward)
+        self.sac = ConstrainedSAC(self.policy, cfg.sac, system.reward, system.spec.s0_array())
         self.adv = Adversary(system.state_low, system.state_high, cfg.mala, seed=cfg.seed + 2)
         self.audit_gen = torch.Generator().manual_seed(cfg.seed + 3)
         self.delivery_gen = torch.Generator().manual_seed(cfg.seed + 4)   # its own: other draws unchanged

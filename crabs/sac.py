@@ -48,13 +48,16 @@ class TwinQ(nn.Module):
 
 
 class ConstrainedSAC:
-    def __init__(self, policy: TanhGaussianPolicy, cfg: SACConfig, reward=None):
+    def __init__(self, policy: TanhGaussianPolicy, cfg: SACConfig, reward=None, s0=None):
         self.cfg = cfg
         self.policy = policy
         if cfg.model_horizon > 0 and reward is None:
             raise ValueError("sac.model_horizon > 0 needs the system's reward r(s) (System.reward), "
                              "written with operations that also work on torch tensors")
+        if cfg.model_horizon > 0 and cfg.model_start == "s0" and s0 is None:
+            raise ValueError("sac.model_start 's0' needs the system's s0")
         self.reward = reward
+        self.s0 = None if s0 is None else torch.as_tensor(s0, dtype=torch.float32).reshape(1, -1)
         self.n_updates = 0
         d, k = policy.obs_dim, policy.act_dim
         self.q = TwinQ(d, k, cfg.critic_hidden, cfg.act)
@@ -107,7 +110,8 @@ class ConstrainedSAC:
         info = {}
         self.n_updates += 1
         if self.cfg.model_horizon > 0 and self.n_updates % self.cfg.model_every == 0:
-            ret = self.model_return(s[: self.cfg.model_batch], model, h if self.cfg.model_masked else None)
+            start = self.s0 if self.cfg.model_start == "s0" else s[: self.cfg.model_batch]
+            ret = self.model_return(start, model, h if self.cfg.model_masked else None)
             pi_loss = pi_loss - ret.mean()
             info["model_return"] = float(ret.detach().mean())
         self._policy_step(pi_loss)

@@ -313,6 +313,36 @@ def test_model_term_moves_the_policy_toward_a_better_equilibrium():
     assert ends[5] > 0.2 and ends[5] > ends[0] + 0.3
 
 
+def test_model_term_can_start_at_s0():
+    """sac.model_start "s0": the term's model rollouts start at the system's s0 (where every episode,
+    and the evaluation's return, starts) instead of at minibatch states; a bad value or a missing s0
+    is refused."""
+    seen = []
+
+    class Spy(ConstrainedSAC):
+        def model_return(self, s, model, h=None):
+            seen.append(s.detach().clone())
+            return super().model_return(s, model, h)
+
+    def reward(s):
+        return -s[..., 0] ** 2
+
+    s = torch.tensor([[0.9, 0.0], [-0.9, 0.0], [0.1, 0.2]])
+    batch = {"s": s, "a": torch.zeros(3, 1), "r": torch.zeros(3), "s2": s.clone(), "done": torch.zeros(3)}
+    for start, want in (("batch", s[:2]), ("s0", torch.tensor([[0.3, -0.1]]))):
+        seen.clear()
+        cfg = SACConfig(critic_hidden=(16,), model_horizon=2, model_batch=2, model_start=start)
+        Spy(pushing_policy(), cfg, reward, s0=(0.3, -0.1)).update(batch, BandH(), PushModel())
+        torch.testing.assert_close(seen[0], want)
+    with pytest.raises(ValueError, match="sac.model_start 's0' needs the system's s0"):
+        ConstrainedSAC(pushing_policy(), SACConfig(model_horizon=2, model_start="s0"), reward)
+    from crabs.config import Config
+
+    assert Config().sac.model_start == "batch"
+    with pytest.raises(ValueError, match="sac.model_start: must be 'batch' or 's0', got 'start'"):
+        Config.from_dict({"sac": {"model_start": "start"}})
+
+
 def test_adversarial_step_anchor_keeps_the_policy_where_it_was_away_from_the_violators():
     """Alg. 4 line 6 lowers U at the violating states s*; with ``anchor`` (states, actions, beta) it
     also keeps the mean action elsewhere near its old value, where the plain step drags it along."""

@@ -126,7 +126,7 @@ def record_episode(system: System, policy, h, ledger: str | os.PathLike, *, tag:
     else the lower U. A cart-pole is drawn once first, so that a machine that cannot draw it takes
     no step."""
     env = SafetyMonitor(system.make_checked_env(), system.spec, ledger=ledger,
-                        counters=ledger_totals(read_ledger(ledger)), tag=tag)
+                        counters=ledger_totals(read_ledger(ledger)), tag=tag, start_check=system.check_start)
     actions, rewards = [], []
 
     def on_step(st: Step) -> None:

@@ -151,7 +151,7 @@ class RunDir:
         """The system's real environment behind the safety monitor, counting into ``counters`` and
         writing this folder's ledger."""
         return SafetyMonitor(system.make_checked_env(), system.spec, ledger=self.ledger, counters=counters,
-                             tag=tag)
+                             tag=tag, start_check=system.check_start)
 
     def save_checkpoint(self, blob: dict) -> Path:
         """checkpoints/last.pt, atomically (temp file + rename)."""

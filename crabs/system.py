@@ -79,9 +79,9 @@ class System:
     def check_env(self, env: gym.Env) -> None:
         """The environment ``make_env`` built, checked against what CRABS assumes before any step
         is taken: observations are the spec's states (shape (d,)), and actions are a Box of the
-        initial policy's size that holds [-1, 1], where CRABS's policies act, and a reset gives s0
-        (ValueError otherwise). A Box wider than [-1, 1] is allowed with a warning: only [-1, 1] of
-        it is used."""
+        initial policy's size that holds [-1, 1], where CRABS's policies act (ValueError otherwise).
+        A Box wider than [-1, 1] is allowed with a warning: only [-1, 1] of it is used. No reset is
+        made here: that a reset gives s0 is checked on the real resets (:meth:`check_start`)."""
         d, k = self.spec.dim, self.initial_policy.act_dim
         obs, act = env.observation_space, env.action_space
         if getattr(obs, "shape", None) != (d,):
@@ -101,11 +101,15 @@ class System:
                     if np.isfinite(low).all() and np.isfinite(high).all() else "")
             warnings.warn(f"{self.name}: the environment's action Box ({bounds}) is wider than [-1, 1]; "
                           f"CRABS's policies act in [-1, 1] only{hint}", stacklevel=2)
-        # the certificate is anchored at s0 and the guarantee is for episodes from s0: a reset (no
-        # step is taken) must give s0, to float32 precision of the state box
-        start = np.asarray(env.reset(seed=0)[0], dtype=np.float64).reshape(-1)
-        s0 = self.spec.s0_array()
-        if np.any(np.abs(start - s0) > START_TOL * (self.state_high - self.state_low)):
+
+    def check_start(self, start) -> None:
+        """A reset's observation, checked to be s0 to float32 precision of the state box (ValueError
+        otherwise): the certificate is anchored at s0 and the guarantee is for episodes from s0.
+        The run's safety monitor calls it on every reset (``SafetyMonitor(start_check=...)``), so
+        that no reset is made outside the monitor to check it."""
+        start = np.asarray(start, dtype=np.float64).reshape(-1)
+        s0, tol = self.spec.s0_array(), START_TOL * (self.state_high - self.state_low)
+        if start.shape != s0.shape or np.any(np.abs(start - s0) > tol):
             raise ValueError(f"{self.name}: the environment's reset gives {start.tolist()}, but episodes "
                              f"must start at the spec's s0 {s0.tolist()} (CRABS's certificate and its "
                              "guarantee are for episodes from s0): turn the reset's noise off or set "

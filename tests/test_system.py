@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from crabs.envs import SafetySpec
+from crabs.envs.monitor import SafetyMonitor
 from crabs.nets import TanhGaussianPolicy
 from crabs.system import System, builtin_system
 
@@ -76,7 +77,8 @@ def test_known_actuator_saturation_reaches_the_model(tmp_path):
 
 def test_the_environment_is_checked_before_any_step():
     """Observations must be the state, actions a Box holding [-1, 1] of the policy's size and a reset
-    must give s0: one-line errors naming the fix; a wider Box only warns (the policy uses [-1, 1] of it)."""
+    must give s0 (checked on the monitor's own resets, not by an extra one): one-line errors naming
+    the fix; a wider Box only warns (the policy uses [-1, 1] of it)."""
     from crabs.envs import make_state_env
 
     def step(s, a):
@@ -96,14 +98,25 @@ def test_the_environment_is_checked_before_any_step():
     with pytest.raises(ValueError, match=r"must be the state, 2 coordinates \['theta', 'theta_dot'\]"):
         make().check_env(env)
     class Noisy(gym.Wrapper):   # a reset with noise, as most Gymnasium environments have by default
+        resets = 0
+
         def reset(self, *, seed=None, options=None):
+            Noisy.resets += 1
             obs, info = self.env.reset(seed=seed, options=options)
             return obs + 0.01, info
+    system.check_env(Noisy(env))    # the static checks make no reset: every reset is the monitor's
+    assert Noisy.resets == 0
+    monitor = SafetyMonitor(Noisy(env), spec, start_check=system.check_start)
     with pytest.raises(ValueError, match=r"reset gives \[0.01\], but episodes must start at the spec's "
                                          r"s0 \[0.0\]"):
-        system.check_env(Noisy(env))
+        monitor.reset()
+    assert monitor.counters.env_steps == 0 and Noisy.resets == 1
+    monitor.reset(options={"state": np.array([0.5])})    # a start asked for is not s0's business
+    monitor.step(np.zeros(1))
     for task in ("upright", "swing"):   # the built-in tasks pass as they are
-        builtin_system(task).check_env(builtin_system(task).make_env())
+        builtin = builtin_system(task)
+        builtin.check_env(builtin.make_env())
+        builtin.check_start(builtin.make_env().reset(seed=3)[0])
 
 
 def test_training_refuses_an_environment_it_cannot_act_in_before_any_step(tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -47,11 +48,15 @@ class SafetyMonitor(gym.Wrapper):
         counters: counters to continue from (resume); a fresh run starts at zero.
         tag: free-form label written with every ledger record (e.g. "train", "eval").
         heartbeat: steps between progress records within an episode (0: none).
+        start_check: called with the observation of every reset that is not asked for a given state
+            (``options={"state": ...}``) before the episode begins, to refuse a wrong start (e.g.
+            :meth:`crabs.system.System.check_start`, which raises unless it is s0).
     """
 
     def __init__(self, env: gym.Env, spec: SafetySpec | None = None,
                  ledger: str | os.PathLike | None = None,
-                 counters: MonitorCounters | None = None, tag: str = "", heartbeat: int = 100):
+                 counters: MonitorCounters | None = None, tag: str = "", heartbeat: int = 100,
+                 start_check: Callable[[np.ndarray], None] | None = None):
         super().__init__(env)
         spec = spec if spec is not None else getattr(env.unwrapped, "spec_safety", None)
         if not isinstance(spec, SafetySpec):
@@ -60,6 +65,7 @@ class SafetyMonitor(gym.Wrapper):
         self.counters = counters if counters is not None else MonitorCounters()
         self.tag = tag
         self.heartbeat = int(heartbeat)
+        self.start_check = start_check
         self._ledger = None
         if ledger is not None:
             path = Path(ledger)
@@ -101,6 +107,8 @@ class SafetyMonitor(gym.Wrapper):
             self._end_episode("reset")
         obs, info = self.env.reset(seed=seed, options=options)
         obs = np.asarray(obs, dtype=np.float64)
+        if self.start_check is not None and "state" not in (options or {}):
+            self.start_check(obs)
         if not self.safety_spec.is_safe(obs):
             raise RuntimeError(f"reset returned an unsafe initial state {obs.tolist()}")
         self._in_episode = True

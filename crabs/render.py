@@ -38,7 +38,7 @@ import torch  # noqa: E402
 from matplotlib.animation import FFMpegWriter, PillowWriter  # noqa: E402
 from matplotlib.patches import Wedge  # noqa: E402
 
-from crabs.envs import SafetyMonitor, ledger_totals, read_ledger  # noqa: E402
+from crabs.envs import ledger_totals, read_ledger  # noqa: E402
 from crabs.envs.cartpole import CartPoleTaskEnv  # noqa: E402
 from crabs.envs.pendulum import THETA_LIM, PendulumTaskEnv  # noqa: E402
 from crabs.envs.spec import SafetySpec  # noqa: E402
@@ -125,8 +125,7 @@ def record_episode(system: System, policy, h, ledger: str | os.PathLike, *, tag:
     (``explore.guard_eval``): the policy's action if certified from s, else the initial policy's,
     else the lower U. A cart-pole is drawn once first, so that a machine that cannot draw it takes
     no step."""
-    env = SafetyMonitor(system.make_checked_env(), system.spec, ledger=ledger,
-                        counters=ledger_totals(read_ledger(ledger)), tag=tag, start_check=system.check_start)
+    env = system.make_monitored_env(ledger=ledger, counters=ledger_totals(read_ledger(ledger)), tag=tag)
     actions, rewards = [], []
 
     def on_step(st: Step) -> None:

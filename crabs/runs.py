@@ -150,8 +150,7 @@ class RunDir:
     def monitor(self, system, counters: MonitorCounters, tag: str) -> SafetyMonitor:
         """The system's real environment behind the safety monitor, counting into ``counters`` and
         writing this folder's ledger."""
-        return SafetyMonitor(system.make_checked_env(), system.spec, ledger=self.ledger, counters=counters,
-                             tag=tag, start_check=system.check_start)
+        return system.make_monitored_env(ledger=self.ledger, counters=counters, tag=tag)
 
     def save_checkpoint(self, blob: dict) -> Path:
         """checkpoints/last.pt, atomically (temp file + rename)."""

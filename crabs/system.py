@@ -76,6 +76,14 @@ class System:
             raise
         return env
 
+    def make_monitored_env(self, *, ledger=None, counters=None, tag: str = ""):
+        """The checked environment (:meth:`make_checked_env`) behind a safety monitor that also
+        refuses a reset that does not give s0 (:meth:`check_start`): how a run gets its real steps."""
+        from crabs.envs import SafetyMonitor
+
+        return SafetyMonitor(self.make_checked_env(), self.spec, ledger=ledger, counters=counters, tag=tag,
+                             start_check=self.check_start)
+
     def check_env(self, env: gym.Env) -> None:
         """The environment ``make_env`` built, checked against what CRABS assumes before any step
         is taken: observations are the spec's states (shape (d,)), and actions are a Box of the

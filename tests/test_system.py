@@ -115,8 +115,10 @@ def test_the_environment_is_checked_before_any_step():
     monitor.step(np.zeros(1))
     for task in ("upright", "swing"):   # the built-in tasks pass as they are
         builtin = builtin_system(task)
-        builtin.check_env(builtin.make_env())
-        builtin.check_start(builtin.make_env().reset(seed=3)[0])
+        builtin_env = builtin.make_env()
+        builtin.check_env(builtin_env)
+        builtin.check_start(builtin_env.reset(seed=3)[0])
+        builtin_env.close()
 
 
 def test_training_refuses_an_environment_it_cannot_act_in_before_any_step(tmp_path):

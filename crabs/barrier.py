@@ -191,7 +191,7 @@ class CertificateTrainer:
         self.h, self.cfg = h, cfg
         params = list(h.parameters())
         # a fixed h (the handcrafted certificate, ``barrier.learn: false``) has nothing to train
-        self.opt = torch.optim.Adam(params, lr=cfg.lr) if params else None
+        self.opt = torch.optim.Adam(params, lr=cfg.lr, foreach=True) if params else None
 
     def step(self, model, policy, s_star: torch.Tensor, h_prev: Barrier | None,
              s_reg: torch.Tensor | None) -> dict:

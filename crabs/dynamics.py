@@ -134,7 +134,8 @@ class DynamicsTrainer:
 
     def __init__(self, model: Ensemble, cfg: DynamicsConfig):
         self.model, self.cfg = model, cfg
-        self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                    foreach=True)
 
     def train(self, buffer, steps: int, gen: np.random.Generator) -> float:
         k, b = self.model.k, self.cfg.batch

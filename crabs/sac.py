@@ -66,9 +66,12 @@ class ConstrainedSAC:
             p.requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(cfg.init_alpha), requires_grad=True)
         self.target_entropy = -float(k) if cfg.target_entropy is None else cfg.target_entropy
-        self.pi_opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr)
-        self.q_opt = torch.optim.Adam(self.q.parameters(), lr=cfg.lr)
+        # foreach: one fused call per tensor list instead of a Python loop per parameter (bitwise the
+        # same updates; about half the optimiser's time at these sizes on a 2-core CPU)
+        self.pi_opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr, foreach=True)
+        self.q_opt = torch.optim.Adam(self.q.parameters(), lr=cfg.lr, foreach=True)
         self.a_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr)
+        self._q_params, self._q_targ_params = list(self.q.parameters()), list(self.q_targ.parameters())
         self.r_range = [math.inf, -math.inf]  # rewards seen by the critic, for ``clip_target``
 
     @property
@@ -123,8 +126,7 @@ class ConstrainedSAC:
             self.a_opt.step()
         # target networks (line 7)
         with torch.no_grad():
-            for p, pt in zip(self.q.parameters(), self.q_targ.parameters()):
-                pt.lerp_(p, self.cfg.tau)
+            torch._foreach_lerp_(self._q_targ_params, self._q_params, self.cfg.tau)
         return {"q_loss": float(q_loss.detach()), "pi_loss": float(pi_loss.detach()), "alpha": float(alpha),
                 "certified_frac": float((u <= 0).float().mean()) if h is not None else math.nan,
                 "mask_frac": float(mask.mean()), **info}

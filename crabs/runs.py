@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import yaml
 
+from crabs.alloc import keep_freed_memory
 from crabs.envs import MonitorCounters, SafetyMonitor, get_task, ledger_totals, read_ledger
 
 LEDGER = "ledger.jsonl"
@@ -218,6 +219,7 @@ class Runner:
         folder, cfg, system, done = cls.open(out, resume, system, config, changes, progress)
         if done is not None:
             return done
+        keep_freed_memory()                 # no number changes; the hot loops fault fewer pages
         runner = cls(system, cfg, folder, progress)
         summary = runner.run()
         folder.write_summary(summary)

@@ -12,10 +12,13 @@ certified state with U + eps > 0 among ``audit_samples`` uniform states of C_h, 
 slabs next to the safety limits (``audit_edge_samples``), the states of C_h that the mean policy
 visits under the model from ``audit_rollouts`` of the uniform ones, the adversary's chain positions
 and the replay states that lie in C_h. A found counter-example always blocks: in
-Alg. 1 and the adversarial policy steps it is trained on like the adversary's violators and the
-stop rule starts over; in the check it fails the triple. The uniform part misses a counter-example
-region holding a fraction p of C_h's volume with probability (1 - p)^n: for n = 20,000 and
-p = 1e-3, 2e-9. The audit draws from its own generator, so it changes no other random draw.
+Alg. 1 and the adversarial policy steps it is trained on and the stop rule starts over; in the
+check it fails the triple. With ``audit_train: until_fixed`` the audit's counter-examples are
+trained on, step after step, until none is left (each has left C_h or has U + eps + train_margin
+<= 0) or the call's step budget is spent; with ``once`` (the fourth freeze) they got one step and
+the adversary ran on, although it had just shown that it does not find them. The uniform part
+misses a counter-example region holding a fraction p of C_h's volume with probability (1 - p)^n:
+for n = 20,000 and p = 1e-3, 2e-9. The audit draws from its own generator, so it changes no other random draw.
 Every counter-example an audit finds (the delivery audit's too) is remembered
 (``audit_memory``) and re-checked by every later audit, so a sliver found once, by luck or by
 the larger delivery audit, blocks until h or the policy has changed there.
@@ -116,8 +119,9 @@ class Certifier:
         U + eps + ``train_margin`` > 0 (hysteresis, docs/config.md). Returns (quiet, steps)."""
         c, adv = self.cfg, self.adv
         adv.reset(h, model, policy)
-        quiet, windows = 0, 0
-        for step in range(1, max_steps + 1):
+        quiet, windows, step = 0, 0, 0
+        while step < max_steps:
+            step += 1
             adv.step(h, model, policy)
             if len(adv.violators(c.eps)) == 0:
                 quiet += 1
@@ -128,7 +132,7 @@ class Certifier:
                         if len(found) == 0:
                             return True, step
                         quiet, windows = 0, 0   # a counter-example blocks: train on it, start over
-                        update(found)
+                        step = self.fix(h, model, policy, found, update, step, max_steps)
                         adv.invalidate()
                         continue
                     quiet = 0
@@ -138,6 +142,24 @@ class Certifier:
             update(adv.violators(c.eps + c.train_margin))
             adv.invalidate()
         return False, max_steps
+
+    def fix(self, h: Barrier, model, policy, found: torch.Tensor, update: Update, step: int,
+            max_steps: int) -> int:
+        """Train on the audit's counter-examples ``found``: one ``update`` (``audit_train: once``),
+        or updates on those still counter-examples with the training margin until none is left or
+        the step budget is spent (``until_fixed``). Each update counts as a step; returns the steps
+        taken so far."""
+        c = self.cfg
+        update(found)
+        if c.audit_train == "once":
+            return step
+        while step < max_steps:
+            found = self.counter_examples(h, model, policy, found, margin=c.eps + c.train_margin)
+            if len(found) == 0:
+                break
+            step += 1
+            update(found)
+        return step
 
     def train_certificate(self, cert: CertificateTrainer, model, policy, max_steps: int,
                           h_prev: Barrier | None, reg_pool: torch.Tensor | None) -> tuple[bool, int]:

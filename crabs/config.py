@@ -175,6 +175,11 @@ class BarrierConfig:
                                                # the delivery audit's included), so one once found
                                                # blocks every later certification until h or the
                                                # policy changes there; 0: off (the third freeze)
+    audit_train: str = "until_fixed"           # the audit's counter-examples are trained on until
+                                               # none is left (or the step budget is spent); "once":
+                                               # one step, then the adversary runs on (the fourth
+                                               # freeze), which had just missed them: Tilt seed 0's
+                                               # policies all failed Alg. 4's check (certify.py)
 
     def validate(self, where: str) -> None:
         if self.init not in ("rollout", "none", "handcrafted"):
@@ -187,6 +192,9 @@ class BarrierConfig:
         if self.regrow_accept not in ("always", "if_larger"):
             raise ValueError(f"{where}.regrow_accept: must be 'always' or 'if_larger', "
                              f"got {self.regrow_accept!r}")
+        if self.audit_train not in ("until_fixed", "once"):
+            raise ValueError(f"{where}.audit_train: must be 'until_fixed' or 'once', "
+                             f"got {self.audit_train!r}")
         if self.regrow_mode not in ("rollouts", "dilate"):
             raise ValueError(f"{where}.regrow_mode: must be 'rollouts' or 'dilate', got {self.regrow_mode!r}")
         if not 0.0 < self.dilation < 1.0:

@@ -84,6 +84,37 @@ def test_alg1_trains_on_the_audits_counter_examples_and_starts_over():
     assert bool(((w[:, 0] > 0.30) & (w[:, 0] < 0.3316) & (w[:, 1] > 0.30) & (w[:, 1] < 0.3316)).all())
 
 
+@pytest.mark.parametrize("mode", ["until_fixed", "once"])
+def test_the_audits_counter_examples_are_trained_on_until_none_is_left(mode):
+    """barrier.audit_train: a bump that ten updates remove (a stand-in for h or the policy learning
+    there) and a tiny adversary that never finds it. until_fixed trains on the audit's finds ten
+    times in a row and then certifies; once (the fourth freeze) gives them one update per audit,
+    and the adversary's quiet windows in between eat the budget."""
+    bump = ((0.30, 0.3316), (0.30, 0.3316))
+    c, h = _certifier(audit=True)
+    c.cfg = dataclasses.replace(c.cfg, audit_train=mode)
+    model, left, sizes = BumpModel(bump), [10], []
+
+    def update(w):
+        sizes.append(len(w))
+        left[0] -= 1
+        if left[0] == 0:
+            model.bump = None
+        c.adv.invalidate()
+
+    quiet, steps = c.until_quiet(h, model, ZeroPolicy(), max_steps=40, update=update)
+    if mode == "until_fixed":
+        assert quiet and steps < 40 and len(sizes) == 10
+        assert len(set(sizes)) == 1                     # the same found states, ten steps in a row
+    else:
+        assert not quiet and steps == 40 and len(sizes) < 10
+
+
+def test_audit_train_is_checked():
+    with pytest.raises(ValueError, match="audit_train: must be 'until_fixed' or 'once'"):
+        BarrierConfig(audit_train="twice").validate("barrier")
+
+
 def test_the_audit_looks_at_the_replay_states_in_C_h():
     """A counter-example only where the data lies (too thin for uniform samples) is found there."""
     bump = ((0.5, 0.5001), (0.5, 0.5001))

@@ -4,7 +4,9 @@ the adversary is quiet (Alg. 4 lines 5-6) with every audit's finds printed, unde
 ``barrier.audit_train`` once and until_fixed (the same SAC policy for both), and, where the check
 passes, an evaluation of the mean policy on the true dynamics (in the copy's own ledger).
 
-    python bench/policy_check.py RUN [--modes once until_fixed] [--probe-states "-0.3,0 -0.36,0"]
+    python bench/policy_check.py RUN [--modes once until_fixed] [--anchor BETA] [--probe-states "-0.3,0 -0.36,0"]
+
+``--anchor`` replaces the run's ``sac.adv_anchor`` for the check (the SAC epoch keeps the run's).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", default=["once", "until_fixed"])
     p.add_argument("--probe-states", default="", help="states to print h and the mean action at")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--anchor", type=float, default=None, help="sac.adv_anchor for the check")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     dst = tempfile.mkdtemp(prefix="crabs-policy-check-")
@@ -52,6 +55,9 @@ def main() -> None:
 
     cer.audit = logged_audit
     memory = cer.memory.clone()
+    if args.anchor is not None:
+        print(f"sac.adv_anchor for the check: {args.anchor} (the run's: {c.cfg.sac.adv_anchor})")
+        c.cfg = c.cfg.replace(sac={"adv_anchor": args.anchor})
     for mode in args.modes:
         c.sac.load_state_dict(after_sac)
         cer.memory = memory.clone()

@@ -4,7 +4,8 @@ the adversary is quiet (Alg. 4 lines 5-6) with every audit's finds printed, unde
 ``barrier.audit_train`` once and until_fixed (the same SAC policy for both), and, where the check
 passes, an evaluation of the mean policy on the true dynamics (in the copy's own ledger).
 
-    python bench/policy_check.py RUN [--modes once until_fixed] [--anchor BETA] [--probe-states "-0.3,0 -0.36,0"]
+    python bench/policy_check.py RUN [--modes once until_fixed] [--anchor BETA]
+                                 [--probe-states "-0.3,0 -0.36,0"]
 
 ``--anchor`` replaces the run's ``sac.adv_anchor`` for the check (the SAC epoch keeps the run's).
 """
@@ -69,7 +70,8 @@ def main() -> None:
         for s in filter(None, args.probe_states.split(" ")):
             x = torch.tensor([[float(v) for v in s.split(",")]])
             with torch.no_grad():
-                print(f"  at {s}: h {float(c.h(x)):.3f}, mean action {float(c.policy.mean_action(x)[0, 0]):.3f}")
+                hx, ax = float(c.h(x)), float(c.policy.mean_action(x)[0, 0])
+            print(f"  at {s}: h {hx:.3f}, mean action {ax:.3f}")
         if ok:
             r = c.evaluate()
             print(f"  evaluation: return {r['eval_return']:.3f}, ends at {r['eval_end_state']}, "

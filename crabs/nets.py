@@ -31,6 +31,12 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, act: str = "relu") -> 
     return nn.Sequential(*layers)
 
 
+@torch.no_grad()
+def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
+    """target <- target + tau (source - target), parameter by parameter, in one foreach call."""
+    torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
 class Normalizer(nn.Module):
     """Fixed-after-fit affine input normalisation ``(x - mean) / std``, stored as buffers so that it
     travels with the weights. ``fit`` sets it from data (the release normalises inputs of f and of

@@ -33,7 +33,7 @@ from torch import nn
 
 from crabs.barrier import U
 from crabs.config import SACConfig
-from crabs.nets import TanhGaussianPolicy, mlp
+from crabs.nets import TanhGaussianPolicy, mlp, soft_update
 
 
 class TwinQ(nn.Module):
@@ -71,7 +71,6 @@ class ConstrainedSAC:
         self.pi_opt = torch.optim.Adam(policy.parameters(), lr=cfg.lr, foreach=True)
         self.q_opt = torch.optim.Adam(self.q.parameters(), lr=cfg.lr, foreach=True)
         self.a_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr)
-        self._q_params, self._q_targ_params = list(self.q.parameters()), list(self.q_targ.parameters())
         self.r_range = [math.inf, -math.inf]  # rewards seen by the critic, for ``clip_target``
 
     @property
@@ -125,8 +124,7 @@ class ConstrainedSAC:
             a_loss.backward()
             self.a_opt.step()
         # target networks (line 7)
-        with torch.no_grad():
-            torch._foreach_lerp_(self._q_targ_params, self._q_params, self.cfg.tau)
+        soft_update(self.q_targ, self.q, self.cfg.tau)
         return {"q_loss": float(q_loss.detach()), "pi_loss": float(pi_loss.detach()), "alpha": float(alpha),
                 "certified_frac": float((u <= 0).float().mean()) if h is not None else math.nan,
                 "mask_frac": float(mask.mean()), **info}

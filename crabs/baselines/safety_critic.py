@@ -25,7 +25,7 @@ from torch import nn
 from crabs.baselines.common import Learner
 from crabs.buffer import ReplayBuffer
 from crabs.envs import SafetyMonitor
-from crabs.nets import mlp
+from crabs.nets import mlp, soft_update
 from crabs.rollout import Step, run_episode
 
 
@@ -59,9 +59,7 @@ class SafetyCritic(nn.Module):
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        with torch.no_grad():
-            for p, pt in zip(self.q.parameters(), self.q_targ.parameters()):
-                pt.lerp_(p, self.tau)
+        soft_update(self.q_targ, self.q, self.tau)
         return float(loss.detach())
 
     def extra_state(self) -> dict:

@@ -9,7 +9,9 @@ tools independent of those that trained it.
   each limit, where B_safe's cliff can leave slivers too thin for the uniform ones), and at the
   certified states the mean policy visits under the model's mean prediction from ``states`` of the
   uniform ones for ``horizon`` steps (a closed loop creeping out of C_h crosses its edge in a strip
-  too thin for uniform samples): the largest U found and how many certified states have U > 0.
+  too thin for uniform samples): the largest U found and how many certified states have U > 0;
+  and, where some U > 0, the worst of all these states with each ensemble member's h at its
+  predicted next state (``worst_counter_example``: do the members agree that it leaves C_h?).
 * R.3 in the true dynamics (for systems whose ``reset`` accepts ``options={"state": s}``, as the
   built-in tasks and ``make_state_env`` environments do; for others this part is skipped, and the
   result says so, before any step is taken): from uniform certified states, the mean policy's
@@ -161,6 +163,28 @@ def _u_stats(part: str, h, model, policy, states: torch.Tensor) -> dict:
             f"{part}_U_positive": int((u > 0).sum())}
 
 
+@torch.no_grad()
+def worst_counter_example(h: Barrier, model, policy, states: torch.Tensor) -> dict | None:
+    """The certified state among ``states`` with the largest U^pi (Eq. 4), if U > 0 there (else
+    None): the state, h(s), U and each ensemble member's h at its mean prediction of the next state
+    under the mean policy. They tell the two reasons a certificate fails apart
+    (docs/troubleshooting.md): every member's h(s') < 0, the closed loop leaves C_h under all of them
+    (or C_h's edge rises too slowly); some >= 0 and some < 0, the members disagree (often away from
+    the data). With ``dynamics.region_std`` or ``support_radius`` U also counts the members' spread
+    or the distance from the data, so U > 0 is possible with every member's h(s') >= 0."""
+    states = states[h(states) >= 0]
+    if not len(states):
+        return None
+    u = U_pi(h, model, policy, states)
+    i = int(u.argmax())
+    if float(u[i]) <= 0:
+        return None
+    s = states[i : i + 1]
+    nxt = model.means(s, policy.mean_action(s))[:, 0]       # (K, d): each member's next state
+    return {"state": [round(float(v), 6) for v in s[0]], "h": float(h(s)[0]), "U": float(u[i]),
+            "members_h_next": [float(v) for v in h(nxt)]}
+
+
 def verify_run(run_dir: str | Path, system: System | None = None, which: str = "delivered",
                n: int = 20000, states: int = 200, horizon: int | None = None, chains_mult: int = 4,
                steps: int = 200, seed: int = 0) -> dict:
@@ -206,7 +230,10 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
                      **_u_stats("uniform", h, model, policy, inside),
                      "edge_width": EDGE_WIDTH, **_u_stats("edge", h, model, policy, edge),
                      "rollout_starts": min(states, len(inside)), "rollout_steps": horizon,
-                     **_u_stats("rollout", h, model, policy, roll)},
+                     **_u_stats("rollout", h, model, policy, roll),
+                     # where the largest U of all these states lies, and what the members say there
+                     "worst_counter_example": worst_counter_example(
+                         h, model, policy, torch.cat([adv.candidates(), inside, edge, roll]))},
     }
     if states > 0 and len(inside):
         # a certified state outside the safe set is already an R.1 failure; it cannot start a rollout
@@ -235,6 +262,17 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
     return result
 
 
+def _worst_text(m: dict) -> str:
+    w = m.get("worst_counter_example")
+    if not w:
+        return ""
+    lo, hi = min(w["members_h_next"]), max(w["members_h_next"])
+    said = ("every member's next state leaves C_h" if hi < 0 else "the members disagree" if lo < 0
+            else "every member's next state is in C_h: U is the model's spread or distance from its data")
+    return (f"; the worst at h(s) {w['h']:.3g}: U {w['U']:.3g}, the members' h(s') {lo:.3g} to {hi:.3g} "
+            f"({said})")
+
+
 def summary_line(r: dict) -> str:
     """:func:`verify_run`'s result in one line, ending in the verdict: sound or not, and whether
     R.3 holds under the pair's own model and in the true dynamics (the bench scripts print it)."""
@@ -245,7 +283,7 @@ def summary_line(r: dict) -> str:
             + (f" and {m['edge_U_positive']} of {m['edge_certified_states']} next to the limits"
                if "edge_certified_states" in m else "")
             + (f" and {m['rollout_U_positive']} of {m['rollout_certified_states']} the policy visits "
-               f"under the model" if "rollout_certified_states" in m else "") + "; ")
+               f"under the model" if "rollout_certified_states" in m else "") + _worst_text(m) + "; ")
     if "skipped" in d or not d.get("starts"):
         why = d.get("skipped", "no rollouts: none asked for, or no certified state to start from")
         line += f"true dynamics not checked ({why})"
@@ -264,4 +302,4 @@ def summary_line(r: dict) -> str:
     return f"{line} -> {verdict}"
 
 
-__all__ = ["ResetIgnored", "RunPair", "load_run", "summary_line", "verify_run"]
+__all__ = ["ResetIgnored", "RunPair", "load_run", "summary_line", "verify_run", "worst_counter_example"]

@@ -106,6 +106,7 @@ def test_verify_audits_the_delivered_pair_apart_from_the_run(tiny_run, tmp_path,
     assert r["R3_model"]["edge_U_positive"] == 0 and r["R3_model"]["edge_width"] == 0.05
     m = r["R3_model"]   # the closed loop under the model, from the first 10 uniform certified states
     assert m["rollout_starts"] == 10 and m["rollout_steps"] == 60 and m["rollout_U_positive"] == 0
+    assert (m["worst_counter_example"] is None) == (m["adversary_max_U"] <= 0)   # none where U <= 0
     assert 0 < m["rollout_certified_states"] <= 600
     assert json.loads((run / "verify" / "verify.json").read_text()) == r
     audit = ledger_totals(read_ledger(run / "verify" / "ledger.jsonl"))
@@ -127,6 +128,10 @@ def test_verify_audits_the_delivered_pair_apart_from_the_run(tiny_run, tmp_path,
     assert bad["R3_model"]["uniform_U_positive"] > 0   # the model sees it too
     assert bad["R3_model"]["rollout_U_positive"] > 0   # and so do its rollouts of the closed loop
     assert not bad["R3_model_holds"] and summary_line(bad).endswith("-> UNSOUND, R.3 FAILS under the model")
+    worst, m = bad["R3_model"]["worst_counter_example"], bad["R3_model"]   # the worst of all it saw,
+    assert worst["U"] >= m["adversary_max_U"] - 1e-6 and worst["h"] >= 0    # a certified state
+    assert len(worst["members_h_next"]) == Config().dynamics.k and max(worst["members_h_next"]) < 0
+    assert "(every member's next state leaves C_h)" in summary_line(bad)    # the members agree: it leaves
     with pytest.raises(ValueError, match="which must be 'delivered' or 'last'"):
         verify_run(run, which="best")
 

@@ -11,7 +11,8 @@ tools independent of those that trained it.
   uniform ones for ``horizon`` steps (a closed loop creeping out of C_h crosses its edge in a strip
   too thin for uniform samples): the largest U found and how many certified states have U > 0;
   and, where some U > 0, the worst of all these states with each ensemble member's h at its
-  predicted next state (``worst_counter_example``: do the members agree that it leaves C_h?).
+  predicted next state (``worst_counter_example``: do the members agree that it leaves C_h?) and
+  the coordinates in which it lies beyond the run's data.
 * R.3 in the true dynamics (for systems whose ``reset`` accepts ``options={"state": s}``, as the
   built-in tasks and ``make_state_env`` environments do; for others this part is skipped, and the
   result says so, before any step is taken): from uniform certified states, the mean policy's
@@ -63,6 +64,7 @@ class RunPair:
     pair_epoch: int          # the epoch the pair's policy is from
     certified_at_end: bool   # the training state's last check
     certified_epochs: int = -1   # epochs whose triple was certified (0: never; -1: not recorded)
+    data_states: torch.Tensor | None = None   # the run's replay states (where its model was trained)
 
 
 def load_run(run_dir: str | Path, system: System | None = None, which: str = "delivered") -> RunPair:
@@ -83,12 +85,11 @@ def load_run(run_dir: str | Path, system: System | None = None, which: str = "de
     safety = SafetyState.from_checkpoint(blob, cfg.barrier.dilation)
     model = make_model(system, cfg)
     model.load_state_dict(blob["model"]["model"])
-    if cfg.dynamics.support_radius > 0:   # the states the model was trained on, as in training
-        buf = blob["buffer"]["s"]
-        if len(buf):
-            low = torch.as_tensor(system.state_low, dtype=torch.float32)
-            half = (torch.as_tensor(system.state_high, dtype=torch.float32) - low) / 2   # as in training
-            model.set_support(buf, half, gen=torch.Generator().manual_seed(cfg.seed + 1))
+    buf = blob["buffer"]["s"]
+    if cfg.dynamics.support_radius > 0 and len(buf):   # the states the model was trained on, as in training
+        low = torch.as_tensor(system.state_low, dtype=torch.float32)
+        half = (torch.as_tensor(system.state_high, dtype=torch.float32) - low) / 2   # as in training
+        model.set_support(buf, half, gen=torch.Generator().manual_seed(cfg.seed + 1))
     h = make_barrier(system, cfg)
     h.load_state_dict(blob["barrier"]["h"])
     policy = copy.deepcopy(system.initial_policy)
@@ -106,7 +107,7 @@ def load_run(run_dir: str | Path, system: System | None = None, which: str = "de
     rows = checkpoint_rows(blob)
     n_cert = len(epochs_certified(rows)) if rows is not None else -1
     return RunPair(system, cfg, policy.eval(), h.eval(), model.eval(), epochs, pair_epoch, safety.certified,
-                   n_cert)
+                   n_cert, buf if len(buf) else None)
 
 
 class ResetIgnored(ValueError):
@@ -164,14 +165,19 @@ def _u_stats(part: str, h, model, policy, states: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def worst_counter_example(h: Barrier, model, policy, states: torch.Tensor) -> dict | None:
+def worst_counter_example(h: Barrier, model, policy, states: torch.Tensor,
+                          data: torch.Tensor | None = None, names: tuple = ()) -> dict | None:
     """The certified state among ``states`` with the largest U^pi (Eq. 4), if U > 0 there (else
     None): the state, h(s), U and each ensemble member's h at its mean prediction of the next state
     under the mean policy. They tell the two reasons a certificate fails apart
     (docs/troubleshooting.md): every member's h(s') < 0, the closed loop leaves C_h under all of them
     (or C_h's edge rises too slowly); some >= 0 and some < 0, the members disagree (often away from
     the data). With ``dynamics.region_std`` or ``support_radius`` U also counts the members' spread
-    or the distance from the data, so U > 0 is possible with every member's h(s') >= 0."""
+    or the distance from the data, so U > 0 is possible with every member's h(s') >= 0.
+
+    With ``data`` (the run's replay states), ``beyond_data`` lists each coordinate in which the
+    state lies outside the data's range (its name from ``names``, its value, the data's min and max):
+    the members were never trained there."""
     states = states[h(states) >= 0]
     if not len(states):
         return None
@@ -181,8 +187,14 @@ def worst_counter_example(h: Barrier, model, policy, states: torch.Tensor) -> di
         return None
     s = states[i : i + 1]
     nxt = model.means(s, policy.mean_action(s))[:, 0]       # (K, d): each member's next state
-    return {"state": [round(float(v), 6) for v in s[0]], "h": float(h(s)[0]), "U": float(u[i]),
-            "members_h_next": [float(v) for v in h(nxt)]}
+    out = {"state": [round(float(v), 6) for v in s[0]], "h": float(h(s)[0]), "U": float(u[i]),
+           "members_h_next": [float(v) for v in h(nxt)]}
+    if data is not None and len(data):
+        lo, hi = data.amin(0), data.amax(0)
+        out["beyond_data"] = [{"coordinate": names[j] if j < len(names) else j, "value": float(s[0, j]),
+                               "data": [float(lo[j]), float(hi[j])]}
+                              for j in range(s.shape[1]) if not lo[j] <= s[0, j] <= hi[j]]
+    return out
 
 
 def verify_run(run_dir: str | Path, system: System | None = None, which: str = "delivered",
@@ -233,7 +245,8 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
                      **_u_stats("rollout", h, model, policy, roll),
                      # where the largest U of all these states lies, and what the members say there
                      "worst_counter_example": worst_counter_example(
-                         h, model, policy, torch.cat([adv.candidates(), inside, edge, roll]))},
+                         h, model, policy, torch.cat([adv.candidates(), inside, edge, roll]),
+                         pair.data_states, tuple(sys.spec.state_names))},
     }
     if states > 0 and len(inside):
         # a certified state outside the safe set is already an R.1 failure; it cannot start a rollout
@@ -269,8 +282,10 @@ def _worst_text(m: dict) -> str:
     lo, hi = min(w["members_h_next"]), max(w["members_h_next"])
     said = ("every member's next state leaves C_h" if hi < 0 else "the members disagree" if lo < 0
             else "every member's next state is in C_h: U is the model's spread or distance from its data")
+    beyond = "".join(f"; {b['coordinate']} {b['value']:.3g} where the data reach {b['data'][0]:.3g} to "
+                     f"{b['data'][1]:.3g}" for b in w.get("beyond_data", []))
     return (f"; the worst at h(s) {w['h']:.3g}: U {w['U']:.3g}, the members' h(s') {lo:.3g} to {hi:.3g} "
-            f"({said})")
+            f"({said}{beyond})")
 
 
 def summary_line(r: dict) -> str:

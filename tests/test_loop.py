@@ -91,7 +91,7 @@ def test_verify_audits_the_delivered_pair_apart_from_the_run(tiny_run, tmp_path,
 
     from crabs.cli import main
     from crabs.envs import ledger_totals
-    from crabs.verify import summary_line, verify_run
+    from crabs.verify import _worst_text, load_run, summary_line, verify_run, worst_counter_example
 
     out, summary = tiny_run
     run = tmp_path / "run"
@@ -131,7 +131,20 @@ def test_verify_audits_the_delivered_pair_apart_from_the_run(tiny_run, tmp_path,
     worst, m = bad["R3_model"]["worst_counter_example"], bad["R3_model"]   # the worst of all it saw,
     assert worst["U"] >= m["adversary_max_U"] - 1e-6 and worst["h"] >= 0    # a certified state
     assert len(worst["members_h_next"]) == Config().dynamics.k and max(worst["members_h_next"]) < 0
-    assert "(every member's next state leaves C_h)" in summary_line(bad)    # the members agree: it leaves
+    assert "(every member's next state leaves C_h" in summary_line(bad)    # the members agree: it leaves
+    # and where it lies against the run's data: the coordinates outside the data's range, named
+    data = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["buffer"]["s"]
+    lo, hi, s = data.amin(0), data.amax(0), worst["state"]
+    names = [b["coordinate"] for b in worst["beyond_data"]]
+    assert names == [n for j, n in enumerate(("theta", "theta_dot")) if not lo[j] <= s[j] <= hi[j]]
+    pair = load_run(run)
+    w = torch.tensor([s])
+    far = worst_counter_example(pair.h, pair.model, pair.policy, w, w + 1.0, ("theta", "theta_dot"))
+    assert [b["coordinate"] for b in far["beyond_data"]] == ["theta", "theta_dot"]
+    assert far["beyond_data"][0]["data"] == pytest.approx([s[0] + 1.0] * 2)
+    assert "; theta_dot " in _worst_text({"worst_counter_example": far})
+    near = worst_counter_example(pair.h, pair.model, pair.policy, w, torch.cat([w - 1, w + 1]))
+    assert near["beyond_data"] == [] and near["U"] == pytest.approx(far["U"])
     with pytest.raises(ValueError, match="which must be 'delivered' or 'last'"):
         verify_run(run, which="best")
 

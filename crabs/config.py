@@ -360,6 +360,9 @@ class Config(RunConfig):
     def validate(self, where: str) -> None:
         if self.final_policy not in ("best", "last"):
             raise ValueError(f"{where}.final_policy: must be 'best' or 'last', got {self.final_policy!r}")
+        for key in ("init_noise", "init_noise_region"):
+            if not getattr(self, key) >= 0:
+                raise ValueError(f"{where}.{key}: must be >= 0, got {getattr(self, key)}")
 
 
 def _plain(x):

@@ -153,9 +153,12 @@ class StartupActor:
                  rng: np.random.Generator):
         self.act, self.noise, self.region, self.rng = mean_actor(policy), noise, region, rng
         self.half, self.center = (high - low) / 2, (high + low) / 2
+        self.steps = self.noisy = 0   # actions taken, and those with noise (inside the region)
 
     def __call__(self, s: np.ndarray) -> np.ndarray:
         a = self.act(s)
+        self.steps += 1
         if np.all(np.abs(s - self.center) <= self.region * self.half):
+            self.noisy += 1
             a = np.clip(a + self.noise * self.rng.standard_normal(a.shape), -1, 1)
         return a

@@ -72,6 +72,22 @@ NEVER_CERTIFIED = (
     "what to change")
 
 
+THIN_STARTUP = 0.5
+"""Below this fraction of start-up steps with action noise, a start-up that did not certify says so."""
+
+
+def thin_startup(noisy: float | None) -> str:
+    """The no-certificate warning's note on thin start-up data: ``init_noise`` acts only within
+    ``init_noise_region`` of the state box's centre, so where s0 lies outside it the start-up
+    episodes repeat one deterministic path until they enter it (docs/troubleshooting.md)."""
+    if noisy is None or noisy >= THIN_STARTUP:
+        return ""
+    return (f". Only {noisy:.0%} of the start-up steps had action noise (init_noise acts only within "
+            "init_noise_region of the state box's centre), so the start-up episodes repeat one path "
+            "outside it: if the initial policy recovers from a wider region, a larger init_noise_region "
+            "widens the data")
+
+
 @contextmanager
 def lap(timer: dict, name: str):
     """Time a phase of the epoch into ``timer["t_<name>"]`` (seconds)."""
@@ -352,6 +368,7 @@ class CRABS(Runner):
         else:   # Alg. 2 without line 5: no Alg. 1, the check alone decides
             self.safety.certified = self.check_certified(cfg.barrier.quiet_steps)
         return {"startup_return": float(np.mean([e.ret for e in eps])),
+                "startup_noisy": actor.noisy / max(actor.steps, 1),
                 "certified_volume": self.certified_volume(),
                 "uniform_violations": self.uniform_violations(),
                 **info}
@@ -689,7 +706,8 @@ class CRABS(Runner):
             self.write_metrics()
             self.save()
             if not self.certified:   # stacklevel 4: run <- Runner.train <- train <- the caller
-                warnings.warn(f"{self.dir}: {STARTUP_UNCERTIFIED}", NoCertificateWarning, stacklevel=4)
+                warnings.warn(f"{self.dir}: {STARTUP_UNCERTIFIED}{thin_startup(info.get('startup_noisy'))}",
+                              NoCertificateWarning, stacklevel=4)
         bar = self.progress_bar(self.cfg.epochs, self.epoch, "epoch")
         while self.epoch < self.cfg.epochs:
             row = self.run_epoch()

@@ -407,3 +407,30 @@ def test_model_return_with_h_is_masked_like_q_hat():
         want = sac.model_return(s, model, h if masked else None).detach().mean()
         info = sac.update(batch, h, model)
         assert info["model_return"] == pytest.approx(float(want), rel=1e-5)
+
+
+def test_startup_actor_counts_its_noisy_steps():
+    """Start-up noise acts only within ``region`` of the box's centre; the actor counts the steps
+    it took and those it perturbed (the run's ``startup_noisy``), and adds no noise outside."""
+    from crabs.explore import StartupActor
+    from crabs.loop import thin_startup
+
+    class Zero(torch.nn.Module):
+        def mean_action(self, s):
+            return torch.zeros(*s.shape[:-1], 1)
+
+    actor = StartupActor(Zero(), np.array([-1.0, -2.0]), np.array([1.0, 2.0]), 0.5, 0.1,
+                         np.random.default_rng(0))
+    assert actor(np.array([0.05, -0.15]))[0] != 0.0          # inside (0.1 x the half-widths 1 and 2)
+    assert actor(np.array([0.05, 0.25]))[0] == 0.0           # outside in the second coordinate
+    assert actor(np.array([0.5, 0.0]))[0] == 0.0             # outside in the first
+    assert (actor.steps, actor.noisy) == (3, 1)
+    assert thin_startup(1 / 3).startswith(". Only 33% of the start-up steps had action noise")
+    assert thin_startup(0.5) == "" and thin_startup(None) == ""
+
+
+def test_negative_startup_noise_is_refused():
+    from crabs.config import Config
+
+    with pytest.raises(ValueError, match="init_noise_region: must be >= 0, got -0.1"):
+        Config().replace(init_noise_region=-0.1)

@@ -155,10 +155,14 @@ class StartupActor:
         self.half, self.center = (high - low) / 2, (high + low) / 2
         self.steps = self.noisy = 0   # actions taken, and those with noise (inside the region)
 
+    def inside(self, s: np.ndarray) -> bool:
+        """Whether the noise acts at ``s``: every coordinate within the region."""
+        return bool(np.all(np.abs(s - self.center) <= self.region * self.half))
+
     def __call__(self, s: np.ndarray) -> np.ndarray:
         a = self.act(s)
         self.steps += 1
-        if np.all(np.abs(s - self.center) <= self.region * self.half):
+        if self.inside(s):
             self.noisy += 1
             a = np.clip(a + self.noise * self.rng.standard_normal(a.shape), -1, 1)
         return a

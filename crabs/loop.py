@@ -72,20 +72,17 @@ NEVER_CERTIFIED = (
     "what to change")
 
 
-THIN_STARTUP = 0.5
-"""Below this fraction of start-up steps with action noise, a start-up that did not certify says so."""
-
-
-def thin_startup(noisy: float | None) -> str:
+def thin_startup(row: dict) -> str:
     """The no-certificate warning's note on thin start-up data: ``init_noise`` acts only within
-    ``init_noise_region`` of the state box's centre, so where s0 lies outside it the start-up
-    episodes repeat one deterministic path until they enter it (docs/troubleshooting.md)."""
-    if noisy is None or noisy >= THIN_STARTUP:
+    ``init_noise_region`` of the state box's centre, so where s0 lies outside it
+    (``startup_s0_noisy`` false) the start-up episodes repeat one deterministic path until they
+    enter it (docs/troubleshooting.md)."""
+    if row.get("startup_s0_noisy", True):
         return ""
-    return (f". Only {noisy:.0%} of the start-up steps had action noise (init_noise acts only within "
-            "init_noise_region of the state box's centre), so the start-up episodes repeat one path "
-            "outside it: if the initial policy recovers from a wider region, a larger init_noise_region "
-            "widens the data")
+    return (f". s0 lies outside init_noise_region, where the start-up's action noise is off, so the "
+            f"start-up episodes repeat one path until they enter it ({row['startup_noisy']:.0%} of the "
+            "start-up steps had noise): if the initial policy recovers from a wider region, a larger "
+            "init_noise_region widens the data")
 
 
 @contextmanager
@@ -369,6 +366,7 @@ class CRABS(Runner):
             self.safety.certified = self.check_certified(cfg.barrier.quiet_steps)
         return {"startup_return": float(np.mean([e.ret for e in eps])),
                 "startup_noisy": actor.noisy / max(actor.steps, 1),
+                "startup_s0_noisy": actor.inside(self.sys.spec.s0_array()),
                 "certified_volume": self.certified_volume(),
                 "uniform_violations": self.uniform_violations(),
                 **info}
@@ -706,7 +704,7 @@ class CRABS(Runner):
             self.write_metrics()
             self.save()
             if not self.certified:   # stacklevel 4: run <- Runner.train <- train <- the caller
-                warnings.warn(f"{self.dir}: {STARTUP_UNCERTIFIED}{thin_startup(info.get('startup_noisy'))}",
+                warnings.warn(f"{self.dir}: {STARTUP_UNCERTIFIED}{thin_startup(info)}",
                               NoCertificateWarning, stacklevel=4)
         bar = self.progress_bar(self.cfg.epochs, self.epoch, "epoch")
         while self.epoch < self.cfg.epochs:

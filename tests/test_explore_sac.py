@@ -425,8 +425,10 @@ def test_startup_actor_counts_its_noisy_steps():
     assert actor(np.array([0.05, 0.25]))[0] == 0.0           # outside in the second coordinate
     assert actor(np.array([0.5, 0.0]))[0] == 0.0             # outside in the first
     assert (actor.steps, actor.noisy) == (3, 1)
-    assert thin_startup(1 / 3).startswith(". Only 33% of the start-up steps had action noise")
-    assert thin_startup(0.5) == "" and thin_startup(None) == ""
+    assert actor.inside(np.array([-0.1, 0.2])) and not actor.inside(np.array([-0.1, 0.21]))
+    said = thin_startup({"startup_noisy": 1 / 3, "startup_s0_noisy": False})
+    assert said.startswith(". s0 lies outside init_noise_region") and "(33% of the start-up steps" in said
+    assert thin_startup({"startup_noisy": 1 / 3, "startup_s0_noisy": True}) == "" and thin_startup({}) == ""
 
 
 def test_negative_startup_noise_is_refused():

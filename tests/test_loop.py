@@ -167,9 +167,10 @@ def test_a_run_that_never_certifies_says_so(tmp_path, capsys):
     said = " ".join(str(w.message) for w in warned)
     assert "start-up did not certify" in said and "no (model, h, policy) triple was certified" in said
     # the warning says that the start-up data are one path repeated, and what widens them
-    assert "Only 0% of the start-up steps had action noise" in said and "larger init_noise_region" in said
+    assert "s0 lies outside init_noise_region" in said and "(0% of the start-up steps had noise)" in said
     with open(tmp_path / "run" / "metrics.csv", newline="") as fh:
-        assert float(next(csv.DictReader(fh))["startup_noisy"]) == 0.0
+        row = next(csv.DictReader(fh))
+    assert float(row["startup_noisy"]) == 0.0 and row["startup_s0_noisy"] == "False"
     assert summary["violations"] == 0 and summary["certified_epochs"] == 0 and not summary["certified"]
     assert summary["final_policy_epoch"] == 0   # the initial policy is what the run delivers
     r = verify_run(tmp_path / "run", n=2000, states=5, horizon=30, chains_mult=1, steps=5)

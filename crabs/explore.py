@@ -153,7 +153,7 @@ class StartupActor:
                  rng: np.random.Generator):
         self.act, self.noise, self.region, self.rng = mean_actor(policy), noise, region, rng
         self.half, self.center = (high - low) / 2, (high + low) / 2
-        self.steps = self.noisy = 0   # actions taken, and those with noise (inside the region)
+        self.noisy = 0   # actions with noise (taken inside the region)
 
     def inside(self, s: np.ndarray) -> bool:
         """Whether the noise acts at ``s``: every coordinate within the region."""
@@ -161,7 +161,6 @@ class StartupActor:
 
     def __call__(self, s: np.ndarray) -> np.ndarray:
         a = self.act(s)
-        self.steps += 1
         if self.inside(s):
             self.noisy += 1
             a = np.clip(a + self.noise * self.rng.standard_normal(a.shape), -1, 1)

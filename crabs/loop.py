@@ -365,7 +365,7 @@ class CRABS(Runner):
         else:   # Alg. 2 without line 5: no Alg. 1, the check alone decides
             self.safety.certified = self.check_certified(cfg.barrier.quiet_steps)
         return {"startup_return": float(np.mean([e.ret for e in eps])),
-                "startup_noisy": actor.noisy / max(actor.steps, 1),
+                "startup_noisy": actor.noisy / max(sum(e.length for e in eps), 1),
                 "startup_s0_noisy": actor.inside(self.sys.spec.s0_array()),
                 "certified_volume": self.certified_volume(),
                 "uniform_violations": self.uniform_violations(),

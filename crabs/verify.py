@@ -107,7 +107,7 @@ def load_run(run_dir: str | Path, system: System | None = None, which: str = "de
     rows = checkpoint_rows(blob)
     n_cert = len(epochs_certified(rows)) if rows is not None else -1
     return RunPair(system, cfg, policy.eval(), h.eval(), model.eval(), epochs, pair_epoch, safety.certified,
-                   n_cert, buf if len(buf) else None)
+                   n_cert, buf)
 
 
 class ResetIgnored(ValueError):
@@ -166,7 +166,7 @@ def _u_stats(part: str, h, model, policy, states: torch.Tensor) -> dict:
 
 @torch.no_grad()
 def worst_counter_example(h: Barrier, model, policy, states: torch.Tensor,
-                          data: torch.Tensor | None = None, names: tuple = ()) -> dict | None:
+                          data: torch.Tensor | None = None) -> dict | None:
     """The certified state among ``states`` with the largest U^pi (Eq. 4), if U > 0 there (else
     None): the state, h(s), U and each ensemble member's h at its mean prediction of the next state
     under the mean policy. They tell the two reasons a certificate fails apart
@@ -176,7 +176,7 @@ def worst_counter_example(h: Barrier, model, policy, states: torch.Tensor,
     or the distance from the data, so U > 0 is possible with every member's h(s') >= 0.
 
     With ``data`` (the run's replay states), ``beyond_data`` lists each coordinate in which the
-    state lies outside the data's range (its name from ``names``, its value, the data's min and max):
+    state lies outside the data's range (its name in h's spec, its value, the data's min and max):
     the members were never trained there."""
     states = states[h(states) >= 0]
     if not len(states):
@@ -191,7 +191,7 @@ def worst_counter_example(h: Barrier, model, policy, states: torch.Tensor,
            "members_h_next": [float(v) for v in h(nxt)]}
     if data is not None and len(data):
         lo, hi = data.amin(0), data.amax(0)
-        out["beyond_data"] = [{"coordinate": names[j] if j < len(names) else j, "value": float(s[0, j]),
+        out["beyond_data"] = [{"coordinate": h.spec.state_names[j], "value": float(s[0, j]),
                                "data": [float(lo[j]), float(hi[j])]}
                               for j in range(s.shape[1]) if not lo[j] <= s[0, j] <= hi[j]]
     return out
@@ -246,7 +246,7 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
                      # where the largest U of all these states lies, and what the members say there
                      "worst_counter_example": worst_counter_example(
                          h, model, policy, torch.cat([adv.candidates(), inside, edge, roll]),
-                         pair.data_states, tuple(sys.spec.state_names))},
+                         pair.data_states)},
     }
     if states > 0 and len(inside):
         # a certified state outside the safe set is already an R.1 failure; it cannot start a rollout

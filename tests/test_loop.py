@@ -139,7 +139,7 @@ def test_verify_audits_the_delivered_pair_apart_from_the_run(tiny_run, tmp_path,
     assert names == [n for j, n in enumerate(("theta", "theta_dot")) if not lo[j] <= s[j] <= hi[j]]
     pair = load_run(run)
     w = torch.tensor([s])
-    far = worst_counter_example(pair.h, pair.model, pair.policy, w, w + 1.0, ("theta", "theta_dot"))
+    far = worst_counter_example(pair.h, pair.model, pair.policy, w, w + 1.0)
     assert [b["coordinate"] for b in far["beyond_data"]] == ["theta", "theta_dot"]
     assert far["beyond_data"][0]["data"] == pytest.approx([s[0] + 1.0] * 2)
     assert "; theta_dot " in _worst_text({"worst_counter_example": far})

@@ -196,9 +196,16 @@ class Adversary:
         return st.x[st.inside & (u + eps > 0)]
 
     def max_U(self) -> float:
+        return self.best()[0]
+
+    def best(self) -> tuple[float, torch.Tensor | None]:
+        """The largest U among the chains inside C_h now, and that chain's state (None: none inside)."""
         st = self.state
-        u = st.logp * self.cfg.temperature
-        return float(u[st.inside].max()) if bool(st.inside.any()) else -math.inf
+        if not bool(st.inside.any()):
+            return -math.inf, None
+        u = torch.where(st.inside, st.logp * self.cfg.temperature, -math.inf)
+        i = int(u.argmax())
+        return float(u[i]), st.x[i].clone()
 
     def candidates(self) -> torch.Tensor:
         return self.state.x

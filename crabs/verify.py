@@ -9,7 +9,8 @@ tools independent of those that trained it.
   each limit, where B_safe's cliff can leave slivers too thin for the uniform ones), and at the
   certified states the mean policy visits under the model's mean prediction from ``states`` of the
   uniform ones for ``horizon`` steps (a closed loop creeping out of C_h crosses its edge in a strip
-  too thin for uniform samples): the largest U found and how many certified states have U > 0;
+  too thin for uniform samples): the largest U found (the adversary's: the largest any chain reached
+  at any step, not only where the chains stand at the end) and how many certified states have U > 0;
   and, where some U > 0, the worst of all these states with each ensemble member's h at its
   predicted next state (``worst_counter_example``: do the members agree that it leaves C_h?) and
   the coordinates in which it lies beyond the run's data.
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,6 +199,22 @@ def worst_counter_example(h: Barrier, model, policy, states: torch.Tensor,
     return out
 
 
+def adversary_search(adv: Adversary, h, model, policy, steps: int) -> tuple[float, torch.Tensor]:
+    """Run ``adv`` for ``steps`` MALA steps. Returns the largest U^pi any chain inside C_h reached at
+    any step (a chain that stood on a counter-example and moved on still counts: the chains' last
+    positions alone can miss it) and the states where each step's best chain stood, with the last
+    positions of all chains (for :func:`worst_counter_example`)."""
+    best, seen = -math.inf, []
+    for _ in range(steps):
+        adv.step(h, model, policy)
+        u, x = adv.best()
+        if x is not None:
+            best = max(best, u)
+            seen.append(x)
+    last = adv.candidates() if adv.state is not None else torch.zeros(0, len(adv.low))
+    return best, torch.cat([torch.stack(seen), last]) if seen else last
+
+
 def verify_run(run_dir: str | Path, system: System | None = None, which: str = "delivered",
                n: int = 20000, states: int = 200, horizon: int | None = None, chains_mult: int = 4,
                steps: int = 200, seed: int = 0) -> dict:
@@ -218,8 +236,7 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
     # R.3 under the model: a fresh adversary, and uniform certified states
     mcfg = dataclasses.replace(cfg.mala, chains=chains_mult * cfg.mala.pool(sys.spec.dim))
     adv = Adversary(sys.state_low, sys.state_high, mcfg, seed=seed + 7919)
-    for _ in range(steps):
-        adv.step(h, model, policy)
+    adv_max, adv_seen = adversary_search(adv, h, model, policy, steps)
     c_box = certified_box(h, low, high, cfg.mala.box_samples, cfg.mala.box_scale, box_gen)
     inside = certified_samples(h, c_box, n, gen)
     # and C_h's slabs next to the safety limits, where B_safe's cliff makes thin slivers (drawn
@@ -238,14 +255,14 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
         "R1_R2": {"box_samples": n, "certified": float(cert.float().mean()),
                   "certified_but_unsafe": int((cert & unsafe).sum())},
         "R3_model": {"adversary_chains": mcfg.chains, "adversary_steps": steps,
-                     "adversary_max_U": adv.max_U(),
+                     "adversary_max_U": adv_max,
                      **_u_stats("uniform", h, model, policy, inside),
                      "edge_width": EDGE_WIDTH, **_u_stats("edge", h, model, policy, edge),
                      "rollout_starts": min(states, len(inside)), "rollout_steps": horizon,
                      **_u_stats("rollout", h, model, policy, roll),
                      # where the largest U of all these states lies, and what the members say there
                      "worst_counter_example": worst_counter_example(
-                         h, model, policy, torch.cat([adv.candidates(), inside, edge, roll]),
+                         h, model, policy, torch.cat([adv_seen, inside, edge, roll]),
                          pair.data_states)},
     }
     if states > 0 and len(inside):
@@ -317,4 +334,5 @@ def summary_line(r: dict) -> str:
     return f"{line} -> {verdict}"
 
 
-__all__ = ["ResetIgnored", "RunPair", "load_run", "summary_line", "verify_run", "worst_counter_example"]
+__all__ = ["ResetIgnored", "RunPair", "adversary_search", "load_run", "summary_line", "verify_run",
+           "worst_counter_example"]

@@ -109,3 +109,44 @@ def test_refresh_frac_is_checked():
 
     with pytest.raises(ValueError, match="refresh_frac: must be in"):
         Config.from_dict({"mala": {"refresh_frac": 1.5}})
+
+
+def test_best_is_the_largest_U_among_chains_inside_C_h():
+    h, adv = _disk_adversary(0.0)
+    adv.reset(h, None, None)
+    adv.state.x[0] = torch.tensor([2.0, 0.0])              # outside the disk: its U must not count
+    adv.state.logp[0], adv.state.inside[0] = 2.0 / 0.03, False
+    u, x = adv.best()
+    inside = adv.state.inside
+    assert u == float((adv.state.logp[inside] * 0.03).max()) and u < 1.0 and float(h(x[None])[0]) >= 0
+    adv.state.inside[:] = False
+    assert adv.best() == (-math.inf, None) and adv.max_U() == -math.inf
+
+
+def test_verify_adversary_counts_a_counter_example_seen_at_any_step():
+    """crabs verify's fresh adversary reports the largest U any chain reached at any step, and the
+    state where it did: a chain that stood on a counter-example (U > 0) and moved on still fails R.3
+    (where the chains stand at the end, U < 0 everywhere here)."""
+    from crabs.verify import adversary_search
+
+    class Scripted:   # the best chain's U at each of three steps; the pool ends on U = -0.5
+        low = torch.zeros(2)
+        state = True
+
+        def __init__(self):
+            self.t = 0
+
+        def step(self, h, model, policy):
+            self.t += 1
+
+        def best(self):
+            u = (-0.3, 0.02, -0.5)[self.t - 1]
+            return u, torch.tensor([float(self.t), u])
+
+        def candidates(self):
+            return torch.full((4, 2), -1.0)
+
+    best, seen = adversary_search(Scripted(), None, None, None, 3)
+    assert best == 0.02
+    assert seen.shape == (3 + 4, 2)
+    torch.testing.assert_close(seen[1], torch.tensor([2.0, 0.02]))     # kept for the worst counter-example

@@ -4,7 +4,9 @@ A certified set C_h and a model under which it is invariant with room to spare; 
 holding a fraction p of C_h's volume is planted where the model throws every state out of the safe
 set (U > 0 there). The bench reports how often the adversary's own stop rule (``Certifier.check``
 with the audit off: two fresh pools of ``mala.chains`` chains, ``quiet_steps`` MALA steps each) and
-gated certification (the same plus the audit) find it, over random placements.
+gated certification (the same plus the audit) find it, over random placements; and how often
+``crabs verify``'s fresh adversary (4x the chains, 200 steps) sees U > 0 where its chains stand at
+the last step (what it reported before cf0bfd1) and at any of its steps (what it reports now).
 
 Two kinds of region: "plateau" (U jumps at the region's edge: nothing guides MALA toward it, the
 hardest case for the sampler) and "slope" (the model's push grows smoothly toward the region's
@@ -29,6 +31,7 @@ from crabs.certify import Certifier
 from crabs.config import Config
 from crabs.mala import Adversary
 from crabs.states import uniform
+from crabs.verify import adversary_search
 
 R = 0.95   # C_h is the ball of this radius (inside the safe box [-1, 1]^d)
 
@@ -71,8 +74,9 @@ class ZeroPolicy(torch.nn.Module):
         return torch.zeros(*s.shape[:-1], 1)
 
 
-def trial(dim: int, frac: float, kind: str, cfg: Config, seed: int, gated: bool) -> bool:
-    """One placement: True if certification is refused (the counter-example was found)."""
+def planted(dim: int, frac: float, kind: str, seed: int) -> tuple[BallBarrier, PlantedModel]:
+    """The certified ball and a model with a counter-example region of ``frac`` of its volume, at
+    placement ``seed``."""
     h = BallBarrier(dim)
     g = torch.Generator().manual_seed(10_000 + seed)
     lo, hi = -torch.ones(dim), torch.ones(dim)
@@ -82,12 +86,27 @@ def trial(dim: int, frac: float, kind: str, cfg: Config, seed: int, gated: bool)
         centre = uniform(lo, hi, 1, g)[0]
         if float(centre.norm()) + r * math.sqrt(dim) < R:
             break
-    model = PlantedModel(centre, r, kind)
+    return h, PlantedModel(centre, r, kind)
+
+
+def trial(dim: int, frac: float, kind: str, cfg: Config, seed: int, gated: bool) -> bool:
+    """One placement: True if certification is refused (the counter-example was found)."""
+    h, model = planted(dim, frac, kind, seed)
     bc = dataclasses.replace(cfg.barrier, audit=gated)
     adv = Adversary(-np.ones(dim), np.ones(dim), cfg.mala, seed=seed)
     cert = Certifier(adv, bc, torch.Generator().manual_seed(seed + 1),
                      audit_gen=torch.Generator().manual_seed(seed + 2))
     return not cert.check(h, model, ZeroPolicy(), bc.quiet_steps)
+
+
+def verify_trial(dim: int, frac: float, kind: str, cfg: Config, seed: int) -> tuple[bool, bool]:
+    """``crabs verify``'s fresh adversary (its defaults: 4x the chains, 200 MALA steps, its own seed)
+    on one placement: (U > 0 where the chains stand at the last step, U > 0 at any step)."""
+    h, model = planted(dim, frac, kind, seed)
+    mcfg = dataclasses.replace(cfg.mala, chains=4 * cfg.mala.pool(dim))
+    adv = Adversary(-np.ones(dim), np.ones(dim), mcfg, seed=seed + 7919)
+    best, _ = adversary_search(adv, h, model, ZeroPolicy(), 200)
+    return adv.max_U() > 0, best > 0
 
 
 def main() -> int:
@@ -107,7 +126,7 @@ def main() -> int:
           f"quiet_steps {cfg.barrier.quiet_steps} x 2 pools, audit_samples {cfg.barrier.audit_samples}")
     print(f"# machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()}")
     print(f"{'dim':>3s} {'region':>8s} {'fraction':>9s} {'adversary alone':>16s} {'gated (+ audit)':>16s} "
-          f"{'s/trial':>8s}")
+          f"{'s/trial':>8s} {'verify, last step':>18s} {'verify, any step':>17s}")
     for dim in args.dims:
         for kind in args.kinds:
             for frac in args.fractions:
@@ -115,8 +134,10 @@ def main() -> int:
                 alone = sum(trial(dim, frac, kind, cfg, s, gated=False) for s in range(args.trials))
                 gated = sum(trial(dim, frac, kind, cfg, s, gated=True) for s in range(args.trials))
                 dt = (time.time() - t0) / (2 * args.trials)
+                seen = [verify_trial(dim, frac, kind, cfg, s) for s in range(args.trials)]
+                last, anystep = np.array(seen, dtype=float).mean(0)
                 print(f"{dim:>3d} {kind:>8s} {frac:>9.0e} {alone / args.trials:>16.1%} "
-                      f"{gated / args.trials:>16.1%} {dt:>8.2f}", flush=True)
+                      f"{gated / args.trials:>16.1%} {dt:>8.2f} {last:>18.1%} {anystep:>17.1%}", flush=True)
     print(f"# load now {os.getloadavg()}")
     return 0
 

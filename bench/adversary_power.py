@@ -29,6 +29,7 @@ import torch
 
 from crabs.certify import Certifier
 from crabs.config import Config
+from crabs.envs import SafetySpec
 from crabs.mala import Adversary
 from crabs.states import uniform
 from crabs.verify import adversary_search
@@ -42,6 +43,9 @@ class BallBarrier(torch.nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.register_buffer("s0", torch.zeros(dim))
+        names = tuple(f"s{i}" for i in range(dim))   # the safe set [-1, 1]^d, for the audit's slabs
+        self.spec = SafetySpec(state_names=names, limits=dict.fromkeys(names, 1.0), s0=(0.0,) * dim,
+                               horizon=1)
 
     def forward(self, s):
         return 1.0 - (s ** 2).sum(-1) / R ** 2

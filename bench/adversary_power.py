@@ -32,7 +32,7 @@ from crabs.config import Config
 from crabs.envs import SafetySpec
 from crabs.mala import Adversary
 from crabs.states import uniform
-from crabs.verify import adversary_search
+from crabs.verify import adversary_search, fresh_adversary
 
 R = 0.95   # C_h is the ball of this radius (inside the safe box [-1, 1]^d)
 
@@ -107,8 +107,7 @@ def verify_trial(dim: int, frac: float, kind: str, cfg: Config, seed: int) -> tu
     """``crabs verify``'s fresh adversary (its defaults: 4x the chains, 200 MALA steps, its own seed)
     on one placement: (U > 0 where the chains stand at the last step, U > 0 at any step)."""
     h, model = planted(dim, frac, kind, seed)
-    mcfg = dataclasses.replace(cfg.mala, chains=4 * cfg.mala.pool(dim))
-    adv = Adversary(-np.ones(dim), np.ones(dim), mcfg, seed=seed + 7919)
+    adv = fresh_adversary(-np.ones(dim), np.ones(dim), cfg.mala, dim, seed=seed)
     best, _ = adversary_search(adv, h, model, ZeroPolicy(), 200)
     return adv.max_U() > 0, best > 0
 

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from crabs.barrier import Barrier, U_pi
-from crabs.config import Config
+from crabs.config import Config, MALAConfig
 from crabs.envs import ledger_totals, read_ledger
 from crabs.mala import Adversary
 from crabs.rollout import Step, mean_actor, run_episode
@@ -199,6 +199,12 @@ def worst_counter_example(h: Barrier, model, policy, states: torch.Tensor,
     return out
 
 
+def fresh_adversary(low, high, mala: MALAConfig, dim: int, chains_mult: int = 4, seed: int = 0) -> Adversary:
+    """The audit's own adversary: ``chains_mult`` times the run's pool, a seed of its own."""
+    chains = chains_mult * mala.pool(dim)
+    return Adversary(low, high, dataclasses.replace(mala, chains=chains), seed=seed + 7919)
+
+
 def adversary_search(adv: Adversary, h, model, policy, steps: int) -> tuple[float, torch.Tensor]:
     """Run ``adv`` for ``steps`` MALA steps. Returns the largest U^pi any chain inside C_h reached at
     any step (a chain that stood on a counter-example and moved on still counts: the chains' last
@@ -234,8 +240,7 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
         cert = h(box) >= 0
     unsafe = ~sys.spec.is_safe_torch(box)
     # R.3 under the model: a fresh adversary, and uniform certified states
-    mcfg = dataclasses.replace(cfg.mala, chains=chains_mult * cfg.mala.pool(sys.spec.dim))
-    adv = Adversary(sys.state_low, sys.state_high, mcfg, seed=seed + 7919)
+    adv = fresh_adversary(sys.state_low, sys.state_high, cfg.mala, sys.spec.dim, chains_mult, seed)
     adv_max, adv_seen = adversary_search(adv, h, model, policy, steps)
     c_box = certified_box(h, low, high, cfg.mala.box_samples, cfg.mala.box_scale, box_gen)
     inside = certified_samples(h, c_box, n, gen)
@@ -254,7 +259,7 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
         "epochs": pair.epochs, "pair_epoch": pair.pair_epoch,
         "R1_R2": {"box_samples": n, "certified": float(cert.float().mean()),
                   "certified_but_unsafe": int((cert & unsafe).sum())},
-        "R3_model": {"adversary_chains": mcfg.chains, "adversary_steps": steps,
+        "R3_model": {"adversary_chains": adv.cfg.chains, "adversary_steps": steps,
                      "adversary_max_U": adv_max,
                      **_u_stats("uniform", h, model, policy, inside),
                      "edge_width": EDGE_WIDTH, **_u_stats("edge", h, model, policy, edge),
@@ -334,5 +339,5 @@ def summary_line(r: dict) -> str:
     return f"{line} -> {verdict}"
 
 
-__all__ = ["ResetIgnored", "RunPair", "adversary_search", "load_run", "summary_line", "verify_run",
-           "worst_counter_example"]
+__all__ = ["ResetIgnored", "RunPair", "adversary_search", "fresh_adversary", "load_run", "summary_line",
+           "verify_run", "worst_counter_example"]

@@ -65,22 +65,30 @@ def test_algorithm3_returns_certified_or_safeguard():
 
 
 def test_algorithm3_takes_the_first_certified_proposal():
+    """Near the band's edge the widest proposals are refused: the action is the first certified
+    one in Algorithm 3's order, not the first proposal and not any later certified one."""
+    torch.manual_seed(0)
     policy = TanhGaussianPolicy(2, 1, (16,))
     h, model = BandH(), PushModel()
-    s = np.array([0.0, 0.0])
+    s = np.array([0.9, 0.0])   # certified actions: a <= 0.095 (1.05 a <= 0.1)
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     res = safeguarded_action(s, policy, h, model, n=100, gen=g1)
     # replay the proposals: the chosen one is the first with U <= 0
-    st = torch.zeros(1, 2)
+    st = torch.as_tensor(s, dtype=torch.float32)[None]
     mu, log_std = policy(st)
     c = torch.logspace(0, -3, 100)
     props = torch.tanh(mu + c[:, None] * log_std.exp() * torch.randn(100, 1, generator=g2))
     u = U(h, model, st.expand(100, -1), props)
-    first = int(torch.nonzero(u <= 0)[0])
+    ok = torch.nonzero(u <= 0).flatten()
+    first = int(ok[0])
+    assert first > 0 and len(ok) > 1   # a refused proposal comes first, a certified one after it
+    assert not res.safeguard and res.U <= 0
     np.testing.assert_allclose(res.action, props[first].detach().numpy(), atol=1e-6)
 
 
 def test_masked_td_target_ignores_uncertified_next_actions():
+    """Eq. (11) drops exactly the transitions whose next action is uncertified: their rewards do not
+    reach the critic, while the certified ones' rewards do."""
     torch.manual_seed(0)
     policy = TanhGaussianPolicy(2, 1, (16,))
     sac = ConstrainedSAC(policy, SACConfig(critic_hidden=(16,)))
@@ -90,35 +98,50 @@ def test_masked_td_target_ignores_uncertified_next_actions():
     s2 = torch.zeros(n, 2)
     s2[n // 2:, 0] = 5.0  # next states far outside C_h: every a' has U(s', a') > 0
     batch = {"s": s, "a": torch.zeros(n, 1), "r": torch.zeros(n), "s2": s2, "done": torch.zeros(n)}
-    other = {**batch, "r": batch["r"].clone()}
-    other["r"][n // 2:] = 1000.0  # rewards of masked transitions must not matter
-    sac2 = copy.deepcopy(sac)
-    torch.manual_seed(1)
-    info = sac.update(batch, h, model)
-    q_a = copy.deepcopy(sac.q.state_dict())
-    torch.manual_seed(1)
-    sac2.update(other, h, model)
-    q_b = sac2.q.state_dict()
-    assert info["mask_frac"] <= 0.5 + 1e-6
+
+    def q_after(rewards_of):
+        """The critic after one update on ``batch`` with the rewards of rows ``rewards_of`` at 1000."""
+        other, sac2 = {**batch, "r": batch["r"].clone()}, copy.deepcopy(sac)
+        other["r"][rewards_of] = 1000.0
+        torch.manual_seed(1)
+        info = sac2.update(other, h, model)
+        return sac2.q.state_dict(), info
+
+    q_a, info = q_after([])
+    q_masked, _ = q_after(slice(n // 2, None))   # the uncertified half: must not matter
+    q_kept, _ = q_after(slice(0, n // 2))        # the certified half: must matter
+    # s2 = 0 certifies every a' with |a'| <= 0.95: most of the first half, none of the second
+    assert 0.35 < info["mask_frac"] <= 0.5 + 1e-6
     for k in q_a:
-        torch.testing.assert_close(q_a[k], q_b[k])
+        torch.testing.assert_close(q_a[k], q_masked[k])
+    assert any(not torch.allclose(q_a[k], q_kept[k]) for k in q_a)
 
 
 def test_q_hat_penalises_uncertified_policy_actions():
-    """Eq. (10): where U(s, a) > 0 the policy sees -C - U, pushing proposals back into C_h."""
-    torch.manual_seed(0)
-    policy = TanhGaussianPolicy(2, 1, (16,))
-    sac = ConstrainedSAC(policy, SACConfig(critic_hidden=(16,), big_c=1000.0))
+    """Eq. (10): Q-hat is Q where U(s, a) <= 0 and -C - U elsewhere, so the policy loss's gradient
+    at an uncertified action is dU/da and pushes the mean back into C_h, faster than plain SAC's
+    entropy term alone moves it on the same batch."""
+    sac = ConstrainedSAC(pushing_policy(), SACConfig(critic_hidden=(16,), big_c=1000.0))
+    q, u = torch.tensor([5.0, 5.0, 5.0]), torch.tensor([-0.1, 0.0, 0.3])
+    torch.testing.assert_close(sac.q_hat(q, u), torch.tensor([5.0, 5.0, -1000.3]))
+
     h, model = BandH(), PushModel()
     s = torch.zeros(256, 2)
-    s[:, 0] = 0.99  # at the edge: pushing right leaves C_h
+    s[:, 0] = 0.9  # near the edge: pushing right by more than 0.095 leaves C_h
     batch = {"s": s, "a": torch.zeros(256, 1), "r": torch.zeros(256), "s2": s.clone(),
              "done": torch.zeros(256)}
-    before = float(policy.mean_action(s[:1]).detach()[0, 0])
-    for _ in range(30):
-        sac.update(batch, h, model)
-    after = float(policy.mean_action(s[:1]).detach()[0, 0])
-    assert after < before  # the mean action moved away from the boundary
+
+    def mean_after(h_used, steps=100):
+        policy = pushing_policy()   # mean action tanh(2) = 0.96: U > 0 at s
+        sac = ConstrainedSAC(policy, SACConfig(critic_hidden=(16,), big_c=1000.0, lr=3e-3))
+        torch.manual_seed(0)
+        for _ in range(steps):
+            sac.update(batch, h_used, model)
+        return float(policy.mean_action(s[:1]).detach()[0, 0])
+
+    assert float(U(h, model, s[:1], pushing_policy().mean_action(s[:1]).detach())[0]) > 0
+    constrained, plain = mean_after(h), mean_after(None)
+    assert constrained < plain - 0.2, (constrained, plain)
 
 
 def test_clip_target_keeps_an_overestimating_target_network_from_feeding_the_critic():

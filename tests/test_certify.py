@@ -282,5 +282,11 @@ def test_a_real_state_outside_C_h_is_ledgered_and_ends_a_guarded_episode(tmp_pat
     assert ep.length == 200                                   # unguarded: noted, not stopped
     notes = [r for r in read_ledger(tmp_path / "ledger.jsonl") if r["event"] in ("exit_C_h", "model_failure")]
     assert notes[0]["event"] == "exit_C_h" and notes[0]["stopped"] is True and notes[0]["U"] == 0.5
-    assert {r["event"] for r in notes[1:]} <= {"exit_C_h", "model_failure"} and not notes[1]["stopped"]
-    assert fails + exits == len(notes) - 1 and crabs.counters.violations == 0
+    rest = notes[1:]
+    # each step outside C_h is named by its U: predicted outside (U > 0) an exit, else a model failure
+    assert all((r["event"] == "exit_C_h") == (r["U"] > 0) and r["h_next"] < 0 and not r["stopped"]
+               for r in rest)
+    assert {r["event"] for r in rest} == {"exit_C_h", "model_failure"}
+    assert (fails, exits) == (sum(r["event"] == "model_failure" for r in rest),
+                              sum(r["event"] == "exit_C_h" for r in rest))
+    assert crabs.counters.violations == 0

@@ -106,6 +106,7 @@ def test_startup_noise_of_the_default_config_is_safe(name, systems):
     for _ in range(5):
         run_episode(env, actor)
     assert env.counters.episodes == 5 and env.counters.violations == 0
+    assert actor.noisy > 0   # the noise acted: the episodes did enter init_noise_region
 
 
 @pytest.mark.parametrize("name", NAMES)

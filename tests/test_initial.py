@@ -69,6 +69,7 @@ def test_startup_noise_of_the_default_configs_is_safe(task, tmp_path):
         run_episode(env, actor)
     env.close()
     assert env.counters.episodes == n and env.counters.violations == 0
+    assert actor.noisy > 0   # the noise acted: the episodes did enter init_noise_region
 
 
 # -- distill: the action dimension comes from the controller ------------------------------------

@@ -344,7 +344,8 @@ class Config(RunConfig):
     init_episodes: int = 5                     # safe start-up episodes of the initial policy
     init_noise: float = 0.1                    # action noise of those episodes, applied only while
     init_noise_region: float = 0.15            # every coordinate is within this fraction of the state
-                                               # box around 0; outside it the initial policy acts alone
+                                               # box's half-width of its centre; outside it the
+                                               # initial policy acts alone
     eval_every: int = 1                        # epochs between evaluations of the mean policy
     final_policy: str = "best"                 # the policy the run delivers (policy.pt, the final
                                                # evaluation): "best", the certified (policy, h) pair

@@ -31,7 +31,7 @@ from crabs.states import uniform
 DATA_DIR = Path(__file__).parent / "data"
 DEFAULT_HIDDEN = (64, 64)
 # Pendulum: a = clip(-(K theta + D theta_dot)); closed loop theta'' = (15 - 6K) theta - 6D theta',
-# a slow overdamped mode (about 3 s): the return from s0 is about -1.4 (best safe: -0.216).
+# a slow overdamped mode (about 3 s): the return from s0 is about -1.1 (best safe: -0.216).
 PEND_K, PEND_D = 2.8, 1.0
 # Cart-pole LQR weights on [x, theta, x_dot, theta_dot] and on the motor control (in [-1, 1]).
 LQR_Q, LQR_R = (1.0, 1.0, 0.1, 0.1), 1.0

@@ -1,7 +1,10 @@
 """The shipped safe initial policies are safe (0 violations) and deliberately low-reward."""
 
+import pickle
+
 import numpy as np
 import pytest
+import torch
 
 from crabs.envs import MonitorCounters, get_task, make_env
 from crabs.initial import initial_policy, load_policy, policy_path
@@ -38,16 +41,32 @@ def test_initial_policy_recovers_from_perturbed_starts(task, starts):
         assert np.abs(ep.states[-1][:2]).max() < 0.05  # back near the equilibrium
 
 
-def test_policy_file_loads_weights_only():
+class _Payload:
+    """An arbitrary object: unpickling it would run code of the file's choosing."""
+
+
+def test_policy_file_loads_weights_only(tmp_path):
     policy, meta = load_policy(policy_path("swing"))
     assert meta["task"] == "swing" and policy.hidden == (64, 64)
+    blob = torch.load(policy_path("swing"), weights_only=True)
+    blob["meta"] = {"task": "swing", "extra": _Payload()}   # a file that needs pickle to load
+    torch.save(blob, tmp_path / "bad.pt")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        load_policy(tmp_path / "bad.pt")
 
 
 def test_other_shape_is_distilled_on_the_fly():
+    from crabs.initial import controller
+
     policy = initial_policy("upright", hidden=(16,), act="relu")
+    assert policy.hidden == (16,)
+    low, high = get_task("upright").box()   # the new shape learnt the task's controller over its box
+    s = np.random.default_rng(0).uniform(low, high, size=(2000, 2))
+    err = np.abs(mean_actor(policy)(s) - controller("upright")(s))
+    assert err.mean() < 0.05, err.mean()
     env = make_env("upright")
     ep = run_episode(env, mean_actor(policy))
-    assert policy.hidden == (16,) and not ep.violated
+    assert not ep.violated
 
 
 @pytest.mark.parametrize("task", ["upright", "tilt", "move", "swing"])

@@ -101,5 +101,13 @@ def test_safety_state_transitions():
     assert not s.certified and s.safe_policy_epoch == 3 and s.acting_epoch(4) == 3
     assert s.delivered("best", 4)[0] == 3 and s.delivered("best", 4)[1]["h"] == {"h": 1}
     assert s.delivered("last", 4) == (3, None)
-    back = SafetyState.from_checkpoint({**s.to_dict()}, 0.3)
-    assert back.to_dict().keys() == s.to_dict().keys() and back.safe_policy_epoch == 3
+    s.dilation = 0.2
+    d = s.to_dict()
+    back = SafetyState.from_checkpoint(d, 0.3)   # a resumed run: every field as it was saved
+    assert (back.certified, back.safe_policy_epoch, back.dilation) == (False, 3, 0.2)
+    assert torch.equal(back.safe_policy["w"], torch.ones(2)) and back.best["h"] == {"h": 1}
+    assert back.delivered("best", 4)[0] == 3 and back.acting_epoch(4) == 3
+    d["safe_policy"]["w"] += 1                   # the restored state holds its own copy
+    assert torch.equal(back.safe_policy["w"], torch.ones(2))
+    old = {k: v for k, v in d.items() if k != "dilation"}
+    assert SafetyState.from_checkpoint(old, 0.3).dilation == 0.3   # older checkpoints: the default

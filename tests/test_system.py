@@ -20,8 +20,9 @@ def make(**kw):
 
 
 def test_valid_system():
-    s = make()
-    assert s.state_low.dtype == np.float64
+    s = make(state_low=(-1, -5))       # any sequence becomes a float64 array, as given
+    assert s.state_low.dtype == np.float64 and s.state_low.tolist() == [-1.0, -5.0]
+    assert s.state_high.tolist() == [1.0, 5.0] and s.spec is SPEC
 
 
 @pytest.mark.parametrize("kw,msg", [

@@ -82,10 +82,11 @@ class Certifier:
     def counter_examples(self, h: Barrier, model, policy, s: torch.Tensor, margin: float | None = None,
                          chunk: int = 20000) -> torch.Tensor:
         """The states of ``s`` in C_h with U(s, pi(s), h) + margin > 0 (margin: eps unless given; in
-        chunks, for large audits)."""
+        chunks, for large audits). A non-finite h or U counts against the certificate: never a silent
+        pass."""
         margin = self.cfg.eps if margin is None else margin
-        s = s[h(s) >= 0]
-        found = [x[U(h, model, x, policy.mean_action(x)) + margin > 0] for x in s.split(chunk)]
+        s = s[~(h(s) < 0)]
+        found = [x[~(U(h, model, x, policy.mean_action(x)) + margin <= 0)] for x in s.split(chunk)]
         return torch.cat(found) if found else s
 
     @torch.no_grad()
@@ -219,4 +220,4 @@ def uniform_violations(h, model, policy, inside: torch.Tensor) -> float:
     (in 2-D or 4-D uniform sampling is dense enough)."""
     if len(inside) == 0:
         return 0.0
-    return float((U(h, model, inside, policy.mean_action(inside)) > 0).float().mean())
+    return float((~(U(h, model, inside, policy.mean_action(inside)) <= 0)).float().mean())  # NaN: > 0

@@ -41,9 +41,9 @@ def cmd_tasks(args) -> int:
 def cmd_rollout(args) -> int:
     from crabs.initial import initial_policy, load_policy
     from crabs.rollout import rollout
-    from crabs.runs import LEDGER, SUMMARY, prepare_run_dir, write_json
+    from crabs.runs import LEDGER, SUMMARY, RunDir, write_json
 
-    out = prepare_run_dir(args.out)
+    out = RunDir.claim(args.out, resume=False).path   # never into a run's folder: its counts stay its own
     torch.manual_seed(args.seed)
     if args.policy == "initial":
         policy = initial_policy(args.task)

@@ -204,6 +204,11 @@ class BarrierConfig:
         if self.reg_states not in ("candidates", "certified", "visited"):
             raise ValueError(f"{where}.reg_states: must be 'candidates', 'certified' or 'visited', "
                              f"got {self.reg_states!r}")
+        # a check with no quiet step, or a margin below 0, would certify by default
+        if not self.quiet_steps >= 1:
+            raise ValueError(f"{where}.quiet_steps: must be >= 1, got {self.quiet_steps}")
+        if not self.eps >= 0:
+            raise ValueError(f"{where}.eps: must be >= 0, got {self.eps}")
 
 
 CHAINS_PER_DIM = 200

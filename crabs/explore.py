@@ -19,6 +19,7 @@ sees the actions next to it (Tilt seed 3, bench/RESULTS.md).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -78,7 +79,7 @@ def safeguarded_action(s: np.ndarray, policy, h, model, n: int = 100, noise_deca
     if j is not None:
         return ExploreResult(safe[j].double().numpy(), True, float(u_safe[j]))
     allu, alla = torch.cat([u_safe, u]), torch.cat([safe, props])   # none certified: the lowest U
-    j = int(allu.argmin())
+    j = int(torch.nan_to_num(allu, nan=math.inf).argmin())   # a NaN U is never the lowest
     return ExploreResult(alla[j].double().numpy(), True, float(allu[j]))
 
 
@@ -91,7 +92,7 @@ def guarded_action(s: np.ndarray, candidates: Sequence, h, model) -> ExploreResu
     acts = torch.cat([p.mean_action(st) for p in candidates])
     u = U(h, model, st.expand(len(acts), -1), acts)
     ok = torch.nonzero(u <= 0).flatten()
-    j = int(ok[0]) if len(ok) else int(u.argmin())
+    j = int(ok[0]) if len(ok) else int(torch.nan_to_num(u, nan=math.inf).argmin())
     return ExploreResult(acts[j].double().numpy(), j > 0, float(u[j]))
 
 

@@ -37,6 +37,7 @@ from crabs.buffer import ReplayBuffer
 from crabs.certify import Certifier, uniform_violations
 from crabs.config import Config, algorithm_of
 from crabs.dynamics import DynamicsTrainer, hull_error, model_safe_rollouts, prediction_error
+from crabs.envs import read_ledger
 from crabs.explore import CheckedActor, GuardedActor, SafeguardedActor, StartupActor
 from crabs.handcrafted import HandcraftedBarrier, build_handcrafted
 from crabs.mala import Adversary
@@ -65,6 +66,9 @@ STARTUP_UNCERTIFIED = (
     "the check after it found a counter-example; with barrier.learn false, the handcrafted h failed the "
     "check). The initial policy acts (no exploration beyond it) and every epoch tries again on more "
     "data. If no epoch certifies, see docs/troubleshooting.md")
+# ledger events of a real step outside C_h (or outside the safe set)
+LEFT_C_H = ("model_failure", "exit_C_h", "violation")
+
 NEVER_CERTIFIED = (
     "no (model, h, policy) triple was certified in any epoch, start-up included: the initial policy "
     "acted throughout (the run is as safe as the initial policy itself is), nothing was learnt, and the "
@@ -127,6 +131,7 @@ class CRABS(Runner):
         # the epochs (figure3_epochs.png); 20-35 kB an epoch, kept in the checkpoint
         self.c_h_history: list[dict] = []
         self.trained_on = 0   # replay entries before this index were in the model's last training
+        self.refuted_on_resume = ""   # why a resume refuted the checkpoint's triple (the next row says)
 
     # -- the current triple, bound for the certifier --------------------------------------------
     @property
@@ -210,7 +215,8 @@ class CRABS(Runner):
 
         def on_step(st: Step) -> bool:
             nonlocal failures, exits
-            self.buffer.add(st.s, st.decision.action, st.r, st.s2, st.cost)
+            if np.isfinite(st.s2).all():   # a non-finite state (the monitor's violation) teaches nothing
+                self.buffer.add(st.s, st.decision.action, st.r, st.s2, st.cost)
             u = st.decision.U
             if u is None:
                 return False
@@ -275,8 +281,8 @@ class CRABS(Runner):
 
     def collect(self) -> dict:
         """Alg. 2 line 3: the epoch's exploration episodes, with Alg. 3 while the triple is certified
-        (else the last certified policy acts). An episode that left C_h ends the phase
-        (``explore.stop_on_exit``)."""
+        (else the last certified policy acts). An episode that left C_h (an exit or a model
+        failure) ends the phase (``explore.stop_on_exit``)."""
         ec = self.cfg.explore
         plan = ([("uniform", 1.0)] * ec.uniform_episodes + [("policy", 1.0)] * ec.episodes_per_epoch
                 + [("policy", 2.0)] * ec.noisy_episodes)
@@ -298,8 +304,8 @@ class CRABS(Runner):
                 ep, fails, out = self.episode(env, actor, label, guarded=explore_ok)
                 eps.append(ep)
                 failures, exits = failures + fails, exits + out
-                if out and explore_ok and ec.stop_on_exit:
-                    break
+                if (out or fails) and explore_ok and ec.stop_on_exit:   # left C_h: nothing is
+                    break                                                # certified from there
         finally:
             env.close()
         new = self.buffer.index(np.arange(n0, len(self.buffer)))
@@ -364,11 +370,12 @@ class CRABS(Runner):
             info.update(cert_found=found, cert_steps=steps)
         else:   # Alg. 2 without line 5: no Alg. 1, the check alone decides
             self.safety.certified = self.check_certified(cfg.barrier.quiet_steps)
+        info["policy_certified"] = self.certified   # the start-up's check (before any refutation)
+        vol = self.certified_volume()
         return {"startup_return": float(np.mean([e.ret for e in eps])),
                 "startup_noisy": actor.noisy / max(sum(e.length for e in eps), 1),
                 "startup_s0_noisy": actor.inside(self.sys.spec.s0_array()),
-                "certified_volume": self.certified_volume(),
-                "uniform_violations": self.uniform_violations(),
+                "certified_volume": vol, "uniform_violations": self.epoch_audit(info),
                 **info}
 
     def refresh_support(self) -> None:
@@ -550,6 +557,8 @@ class CRABS(Runner):
     def run_epoch(self) -> dict:
         """One epoch of Algorithm 2."""
         row: dict = {"epoch": self.epoch + 1}
+        if self.refuted_on_resume:
+            row["refuted"], self.refuted_on_resume = self.refuted_on_resume, ""
         timer: dict = {}
         start, catches = time.time(), self.certifier.catches
         with lap(timer, "collect"):
@@ -569,8 +578,9 @@ class CRABS(Runner):
         with lap(timer, "eval"):
             if self.cfg.eval_every and (self.epoch + 1) % self.cfg.eval_every == 0:
                 row.update(self.evaluate())
+                self.refute_on_exit(row)
                 row.update(self.keep_if_best(self.epoch + 1, row["eval_return"]))
-            row.update(certified_volume=self.certified_volume(), uniform_violations=self.uniform_violations(),
+            row.update(certified_volume=self.certified_volume(), uniform_violations=self.epoch_audit(row),
                        env_steps=self.counters.env_steps, episodes=self.counters.episodes,
                        violations=self.counters.violations)
         # audits that found a counter-example the quiet adversary had missed
@@ -597,11 +607,40 @@ class CRABS(Runner):
             found = self.certifier.delivery_audit(self.h, self.model, self.policy, n, self.sys.spec.horizon,
                                                   self.delivery_gen)
             info["delivery_counter_examples"] = len(found)
-            if len(found):
+            if len(found):   # remembered by the certifier; the triple stops acting until re-checked
+                self.refute(info, "delivery_audit")
                 return info
         self.safety.offer_best(epoch, ret, self.policy.state_dict(), self.h.state_dict(),
                                self.model.state_dict())
         return info
+
+    def refute(self, row: dict, why: str) -> None:
+        """Evidence against the certified triple after its check (``SafetyState.refute``): the
+        policy certified before it acts again, guarded, and the next epoch explores with it until
+        the triple is re-trained and re-checked. ``refuted`` in metrics.csv names the evidence."""
+        if self.safety.refute():
+            row["refuted"] = why
+
+    def refute_on_exit(self, row: dict) -> None:
+        """An evaluation that left C_h under a certified triple (``explore.stop_on_exit``): the model
+        had put a real next state inside C_h (a model failure) or no certified action was left, so
+        the next real step is not taken with that triple before the model has learnt the transition
+        and the triple has passed a new check."""
+        if self.cfg.explore.stop_on_exit and (row["eval_model_failures"] or row["eval_exits_C_h"]):
+            self.refute(row, "evaluation left C_h")
+
+    def epoch_audit(self, row: dict) -> float:
+        """The epoch's ``uniform_violations``: among uniform states of C_h, the fraction with U > 0
+        under the model. With ``barrier.audit``, a certified triple for which it finds any is
+        refuted (its finds remembered, as every audit's), so the next real step does not use it."""
+        samples = self.certified_samples(self.h)
+        if not (self.cfg.barrier.audit and self.certified):
+            return uniform_violations(self.h, self.model, self.policy, samples)
+        found = self.certifier.counter_examples(self.h, self.model, self.policy, samples, margin=0.0)
+        if len(found):
+            self.certifier.remember(found)
+            self.refute(row, "epoch audit")
+        return len(found) / len(samples) if len(samples) else 0.0
 
     def adopt_final_policy(self) -> int:
         """With ``final_policy: best``, load the best certified pair and the model it was certified
@@ -657,6 +696,21 @@ class CRABS(Runner):
         self.refresh_support()
         self.adv.state = None
 
+    def resume(self) -> bool:
+        """The harness's resume; and if the ledger shows a real state outside C_h (a model failure,
+        an exit) or a violation after the checkpoint, the steps of an epoch that died before its
+        checkpoint, the checkpoint's triple is refuted: what it learnt from them is lost with the
+        epoch, so it does not explore again before a new check (``refuted`` in the next row)."""
+        resumed = super().resume()
+        if resumed and self.rows:
+            since = int(self.rows[-1].get("env_steps", 0))
+            left = [r for r in read_ledger(self.folder.ledger)
+                    if r.get("event") in LEFT_C_H and int(r.get("env_steps", 0)) > since]
+            if left and self.safety.refute():
+                self.refuted_on_resume = (f"resume: {len(left)} real step(s) left C_h after the "
+                                          "checkpoint")
+        return resumed
+
     # -- the whole run --------------------------------------------------------------------------
     def make_plots(self) -> None:
         from crabs.plots import figure3, figure3_epochs
@@ -694,10 +748,12 @@ class CRABS(Runner):
         started = time.time()
         if not self.resume():   # a new run, or one that died during start-up (its steps still count)
             info = self.startup()
-            row = {"epoch": 0, **info, **self.evaluate(), "policy_certified": self.certified,
+            checked = info.pop("policy_certified")   # the start-up's check, before any refutation
+            row = {"epoch": 0, **info, **self.evaluate(), "policy_certified": checked,
                    "env_steps": self.counters.env_steps,
                    "episodes": self.counters.episodes, "violations": self.counters.violations,
                    "epoch_s": round(time.time() - started, 2)}
+            self.refute_on_exit(row)
             row.update(self.keep_if_best(0, row["eval_return"]))
             self.rows.append(row)
             self.record_c_h(row)

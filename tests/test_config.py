@@ -70,6 +70,8 @@ def test_paper_values_are_available():
     ({"barrier": {"dilation": 1.0}}, "config.barrier.dilation: must be in (0, 1), got 1.0"),
     ({"barrier": {"reg_states": "everywhere"}},
      "config.barrier.reg_states: must be 'candidates', 'certified' or 'visited', got 'everywhere'"),
+    ({"barrier": {"quiet_steps": 0}}, "config.barrier.quiet_steps: must be >= 1, got 0"),
+    ({"barrier": {"eps": -0.001}}, "config.barrier.eps: must be >= 0, got -0.001"),
     ({"mala": {"refresh_frac": 1.5}}, "config.mala.refresh_frac: must be in [0, 1], got 1.5"),
     ({"sac": {"model_every": 0}}, "config.sac.model_every: must be >= 1, got 0"),
     ({"sac": {"adv_anchor": -1.0}}, "config.sac.adv_anchor: must be >= 0, got -1.0"),

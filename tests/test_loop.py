@@ -259,6 +259,46 @@ def test_the_audit_memory_survives_a_resume(tiny_run, tmp_path):
     assert torch.equal(runner().certifier.memory[-2:], found)
 
 
+def test_a_resume_after_real_steps_left_C_h_refutes_the_checkpoints_triple(tiny_run, tmp_path):
+    """An epoch that died after a real step left C_h (its ledger holds the note, its checkpoint never
+    came): on resume the checkpoint's triple does not explore again before a new check; a note from
+    before the checkpoint changes nothing."""
+    import shutil
+
+    from crabs.runs import RunDir
+    from crabs.system import builtin_system
+
+    src, _ = tiny_run
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    blob = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    blob["certified"] = True
+    torch.save(blob, out / "checkpoints" / "last.pt")
+
+    def runner():
+        folder = RunDir(out)
+        cfg = CRABS.read_config(folder)
+        r = CRABS(builtin_system("upright", cfg.sac.hidden, cfg.sac.act), cfg, folder, progress=False)
+        assert r.resume()
+        return r
+
+    r = runner()
+    since = int(r.rows[-1]["env_steps"])
+    assert r.certified and not r.refuted_on_resume
+
+    def note(steps):
+        with open(out / "ledger.jsonl", "a") as fh:
+            fh.write(json.dumps({"tag": "explore", "event": "model_failure", "env_steps": steps, "U": -0.01})
+                     + "\n")
+
+    note(since)                       # written before the checkpoint: its epoch learnt from it
+    assert runner().certified
+    note(since + 7)                   # after it: the epoch that learnt from it is lost
+    r = runner()
+    assert not r.certified and r.refuted_on_resume.startswith("resume: 1 real step(s) left C_h")
+    assert r.run_epoch()["refuted"].startswith("resume:")
+
+
 def test_crash_during_startup_resumes_with_its_steps_counted(tmp_path, monkeypatch):
     """No checkpoint exists yet: resume starts up again and the dead start-up's steps still count."""
     cfg = Config.from_dict({**TINY, "epochs": 1})
@@ -308,6 +348,21 @@ def test_cli_refuses_options_a_resumed_run_would_ignore(tiny_run, capsys, monkey
     assert seen == [["--task", "upright", "--task", "tilt", "--out", "d"]]
 
 
+def test_rollout_refuses_a_runs_folder(tiny_run, tmp_path, capsys):
+    """crabs rollout writes a ledger and summary of its own: into a run's folder it would restart
+    the counts and overwrite the run's summary, so it refuses, before any real step."""
+    from crabs.cli import main
+
+    out, summary = tiny_run
+    ledger = (out / "ledger.jsonl").read_text()
+    assert main(["rollout", "--task", "upright", "--episodes", "1", "--out", str(out)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "ledger.jsonl").read_text() == ledger
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert main(["rollout", "--task", "upright", "--episodes", "1", "--out", str(tmp_path / "r")]) == 0
+    assert json.loads(capsys.readouterr().out)["episodes"] == 1
+
+
 def test_resume_refuses_another_task(tiny_run):
     out, _ = tiny_run
     with pytest.raises(ValueError, match="holds a run of task 'upright', not 'tilt'"):
@@ -334,7 +389,8 @@ def test_fallback_policy_follows_the_last_certified_policy(tmp_path):
 
 def test_a_pair_the_delivery_audit_refutes_is_never_kept_as_best(tmp_path, monkeypatch):
     """barrier.delivery_audit: a certified pair with a higher return is kept as the run's best only if
-    the delivery audit finds nothing, under the pair's own model; what it found goes to metrics.csv."""
+    the delivery audit finds nothing, under the pair's own model; what it found goes to metrics.csv,
+    and a refuted pair stops acting."""
     from crabs.system import builtin_system
 
     c = CRABS(builtin_system("upright"), Config.from_dict(TINY), tmp_path, progress=False)
@@ -346,7 +402,9 @@ def test_a_pair_the_delivery_audit_refutes_is_never_kept_as_best(tmp_path, monke
         return torch.zeros(3 if len(calls) == 1 else 0, 2)      # the first audit refutes its pair
 
     monkeypatch.setattr(c.certifier, "delivery_audit", audit)
-    assert c.keep_if_best(1, -5.0) == {"delivery_counter_examples": 3} and c.safety.best is None
+    assert c.keep_if_best(1, -5.0) == {"delivery_counter_examples": 3, "refuted": "delivery_audit"}
+    assert c.safety.best is None and not c.certified     # refuted: it stops acting too
+    c.safety.certified = True                            # a later check certifies again
     assert c.keep_if_best(2, -6.0) == {"delivery_counter_examples": 0} and c.safety.best["epoch"] == 2
     assert c.keep_if_best(3, -7.0) == {} and len(calls) == 2       # not better: no audit
     assert calls[0] == (5000, c.sys.spec.horizon, True, True)
@@ -486,6 +544,93 @@ def test_uniform_violations_audits_the_certificate(tmp_path):
     assert c.uniform_violations() == 1.0
     c.model = _ShiftModel([1.2, 0.0])
     assert 0.0 < c.uniform_violations() < 1.0
+
+
+def test_evidence_after_the_check_refutes_the_triple(tmp_path):
+    """A counter-example the epoch's audit finds, or an evaluation that left C_h, while a triple is
+    certified: it stops acting (the policy certified before its check acts again), the finds are
+    remembered for every later audit, and metrics.csv says why. Without a certified triple nothing
+    changes; the paper's settings (no audit, no exit response) refute nothing."""
+    from crabs.barrier import U
+    from crabs.certify import uniform_violations
+    from crabs.system import builtin_system
+
+    c = CRABS(builtin_system("upright"), Config.from_dict(TINY).replace(barrier={"delivery_audit": 4000}),
+              tmp_path, progress=False)
+    before = {k: v.clone() for k, v in c.safety.safe_policy.items()}
+    new_policy = {k: v + 1.0 for k, v in before.items()}
+
+    def certify(epoch):
+        c.safety.after_check(True, new_policy, epoch)
+        assert c.certified and c.safety.acting_epoch(epoch) == epoch
+
+    c.model = _ShiftModel([1.2, 0.0])                  # throws part of C_h past the limit
+    row, kept = {}, len(c.certifier.memory)
+    assert 0.0 < c.epoch_audit(row) < 1.0 and "refuted" not in row   # uncertified: a measurement
+    assert len(c.certifier.memory) == kept
+    certify(3)
+    frac = c.epoch_audit(row)
+    assert 0.0 < frac < 1.0 and row["refuted"] == "epoch audit" and not c.certified
+    found = c.certifier.memory[kept:]                  # the finds: states of C_h with U > 0, kept
+    assert len(found) > 1000 and bool((c.h(found) >= 0).all())
+    assert bool((U(c.h, c.model, found, c.policy.mean_action(found)) > 0).all())
+    assert c.safety.safe_policy_epoch == 0                # the policy certified before acts again
+    assert all(torch.equal(c.safety.safe_policy[k], before[k]) for k in before)
+    assert not c.safety.refute()                       # refuted once: nothing left to refute
+
+    c.model = _ShiftModel([0.0, 0.0])                  # C_h invariant: the audit finds nothing
+    certify(4)
+    row = {}
+    assert c.epoch_audit(row) == 0.0 and "refuted" not in row and c.certified
+    c.refute_on_exit({"eval_model_failures": 0, "eval_exits_C_h": 0})
+    assert c.certified
+    row = {"eval_model_failures": 1, "eval_exits_C_h": 0}
+    c.refute_on_exit(row)
+    assert row["refuted"] == "evaluation left C_h" and not c.certified
+
+    certify(5)                                         # the delivery audit's finds refute too
+    c.model = _ShiftModel([1.2, 0.0])
+    row = c.keep_if_best(5, 1.0)
+    assert row["delivery_counter_examples"] > 0 and row["refuted"] == "delivery_audit"
+    assert not c.certified and c.safety.best is None
+
+    # a NaN anywhere counts against the certificate: never a vacuous pass
+    c.model = _ShiftModel([float("nan"), 0.0])
+    certify(6)
+    row = {}
+    assert c.epoch_audit(row) == 1.0 and row["refuted"] == "epoch audit"
+    assert uniform_violations(c.h, c.model, c.policy, c.certified_samples(c.h, 100)) == 1.0
+
+    paper = CRABS(builtin_system("upright"), Config.from_dict(TINY).replace(
+        barrier={"audit": False}, explore={"stop_on_exit": False}), tmp_path / "paper", progress=False)
+    paper.model = _ShiftModel([1.2, 0.0])
+    paper.safety.after_check(True, new_policy, 1)
+    row = {"eval_model_failures": 1, "eval_exits_C_h": 1}
+    paper.refute_on_exit(row)
+    assert 0.0 < paper.epoch_audit(row) < 1.0 and "refuted" not in row and paper.certified
+
+
+def test_exploration_ends_at_a_model_failure(tmp_path, monkeypatch):
+    """explore.stop_on_exit: an exploration episode whose real next state left C_h, a model failure
+    (U <= 0) as much as an exit (U > 0), ends the epoch's exploration: no further real step with that
+    triple before the model has learnt the transition and the triple is re-checked."""
+    from crabs.rollout import Episode
+    from crabs.system import builtin_system
+
+    c = CRABS(builtin_system("upright"), Config.from_dict({**TINY, "explore": {"episodes_per_epoch": 3}}),
+              tmp_path, progress=False)
+    c.safety.after_check(True, c.policy.state_dict(), 1)
+    outcomes, calls = iter([(1, 0), (0, 0), (0, 0)]), []
+
+    def fake_episode(env, actor, label="", guarded=False):
+        calls.append(guarded)
+        fails, exits = next(outcomes)
+        c.buffer.add(np.zeros(2), np.zeros(1), 0.0, np.zeros(2), 0.0)   # the episode's one step
+        return Episode(states=[np.zeros(2)], ret=0.0, length=1, violated=False, safeguards=0), fails, exits
+
+    monkeypatch.setattr(c, "episode", fake_episode)
+    row = c.collect()
+    assert calls == [True] and row["model_failures"] == 1 and row["explore_episodes"] == 1
 
 
 def test_train_margin_updates_on_near_violators_too(tmp_path):

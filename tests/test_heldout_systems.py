@@ -11,7 +11,7 @@ from crabs.examples.common import run_controller
 from crabs.rollout import mean_actor
 from crabs.system import load_system
 
-MODULES = ("vdp_shaker", "planar_puck", "lag_thruster", "two_tanks", "cstr", "gantry_crane")
+MODULES = ("vdp_shaker", "planar_puck", "lag_thruster", "two_tanks", "cstr", "gantry_crane", "pitch_axis")
 
 
 @pytest.fixture(scope="module", params=MODULES)

@@ -782,6 +782,9 @@ class CRABS(Runner):
         self.save_policy(epoch=policy_epoch)
         final = self.evaluate()
         self.write_metrics()
+        # every real step outside C_h, from the ledger: an epoch that died before its checkpoint (its
+        # metrics row lost with it) still counts (the rows alone would forget it)
+        left = [r["event"] for r in read_ledger(self.folder.ledger) if r.get("event") in LEFT_C_H]
         return self.summary(
             started, final_eval_return=final["eval_return"],
             # the delivered policy (final_policy): its epoch, and the last epoch's evaluation
@@ -797,10 +800,7 @@ class CRABS(Runner):
             # put s' in C_h) and whose real s' fell outside C_h: a broken link of the guarantee
             # (model calibration) even when no violation follows; and steps that left C_h with no
             # certified action left (U > 0)
-            model_failures=int(sum(r.get("model_failures", 0) + r.get("eval_model_failures", 0)
-                                   for r in self.rows) + final["eval_model_failures"]),
-            exits_C_h=int(sum(r.get("exits_C_h", 0) + r.get("eval_exits_C_h", 0) for r in self.rows)
-                          + final["eval_exits_C_h"]),
+            model_failures=left.count("model_failure"), exits_C_h=left.count("exit_C_h"),
             certified=last_certified,
             # epochs (start-up included) whose triple was certified; 0: the run never had a
             # certificate (the initial policy acted throughout, h is an uncertified fit)

@@ -607,7 +607,7 @@ class CRABS(Runner):
             found = self.certifier.delivery_audit(self.h, self.model, self.policy, n, self.sys.spec.horizon,
                                                   self.delivery_gen)
             info["delivery_counter_examples"] = len(found)
-            if len(found):   # remembered by the certifier; the triple stops acting until re-checked
+            if len(found):   # remembered by the certifier; the triple is refuted
                 self.refute(info, "delivery_audit")
                 return info
         self.safety.offer_best(epoch, ret, self.policy.state_dict(), self.h.state_dict(),
@@ -615,9 +615,9 @@ class CRABS(Runner):
         return info
 
     def refute(self, row: dict, why: str) -> None:
-        """Evidence against the certified triple after its check (``SafetyState.refute``): the
-        policy certified before it acts again, guarded, and the next epoch explores with it until
-        the triple is re-trained and re-checked. ``refuted`` in metrics.csv names the evidence."""
+        """Evidence against the certified triple after its check (``SafetyState.refute``): nothing
+        explores, and its policy acts only through the guard, until the triple is re-trained and a
+        new check passes. ``refuted`` in metrics.csv names the evidence."""
         if self.safety.refute():
             row["refuted"] = why
 
@@ -632,7 +632,7 @@ class CRABS(Runner):
     def epoch_audit(self, row: dict) -> float:
         """The epoch's ``uniform_violations``: among uniform states of C_h, the fraction with U > 0
         under the model. With ``barrier.audit``, a certified triple for which it finds any is
-        refuted (its finds remembered, as every audit's), so the next real step does not use it."""
+        refuted (its finds remembered, as every audit's), so the next real steps do not explore."""
         samples = self.certified_samples(self.h)
         if not (self.cfg.barrier.audit and self.certified):
             return uniform_violations(self.h, self.model, self.policy, samples)

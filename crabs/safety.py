@@ -13,7 +13,7 @@ The loop (loop.py) applies these decisions to the networks; tests drive them dir
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -65,9 +65,6 @@ class SafetyState:
     best: dict | None = None       # the best certified pair: {"epoch", "return", "policy", "h",
                                    # "model" (the model it was certified under)}
     dilation: float = 0.3          # the next regrowth's dilation (regrow_mode "dilate")
-    # the last certified policy before the last passed check (weights, epoch): what acts again if
-    # that check is refuted within its epoch (:meth:`refute`); not saved, an epoch's business
-    previous: tuple | None = field(default=None, repr=False)
 
     def acting_epoch(self, epoch: int) -> int:
         """The epoch of the policy that acts: the current one if certified, else the last certified."""
@@ -77,20 +74,20 @@ class SafetyState:
         """The epoch's check: a certified policy becomes the last certified one."""
         self.certified = ok
         if ok:
-            self.previous = (self.safe_policy, self.safe_policy_epoch)
             self.set_safe_policy(policy_state, epoch)
 
     def refute(self) -> bool:
         """Evidence against the certified triple after its check (a counter-example to R.3 under its
-        model, or a real state outside C_h while it acted): it stops acting, and the policy that was
-        the last certified one before that check acts again, guarded, until the next check passes.
-        Returns whether anything changed (False when the triple was not certified)."""
+        model, or a real state outside C_h while it acted): it is no longer certified, so until a new
+        check passes nothing explores (Alg. 3 is off) and its policy's mean action acts only through
+        the guard, like any last certified policy. The policy is kept (training goes on from it, and
+        with ``on_stuck: carry`` Alg. 1 carves the counter-examples out for it): reverting to an older
+        policy would be no safer, since that one is not certified under the current h and model
+        either, and would throw the epoch's learning away. Returns whether anything changed (False
+        when the triple was not certified)."""
         if not self.certified:
             return False
         self.certified = False
-        if self.previous is not None:
-            self.safe_policy, self.safe_policy_epoch = self.previous
-            self.previous = None
         return True
 
     def set_safe_policy(self, policy_state: dict, epoch: int) -> None:

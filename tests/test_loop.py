@@ -390,7 +390,7 @@ def test_fallback_policy_follows_the_last_certified_policy(tmp_path):
 def test_a_pair_the_delivery_audit_refutes_is_never_kept_as_best(tmp_path, monkeypatch):
     """barrier.delivery_audit: a certified pair with a higher return is kept as the run's best only if
     the delivery audit finds nothing, under the pair's own model; what it found goes to metrics.csv,
-    and a refuted pair stops acting."""
+    and a refuted pair is no longer certified."""
     from crabs.system import builtin_system
 
     c = CRABS(builtin_system("upright"), Config.from_dict(TINY), tmp_path, progress=False)
@@ -403,7 +403,7 @@ def test_a_pair_the_delivery_audit_refutes_is_never_kept_as_best(tmp_path, monke
 
     monkeypatch.setattr(c.certifier, "delivery_audit", audit)
     assert c.keep_if_best(1, -5.0) == {"delivery_counter_examples": 3, "refuted": "delivery_audit"}
-    assert c.safety.best is None and not c.certified     # refuted: it stops acting too
+    assert c.safety.best is None and not c.certified     # refuted: nothing explores with it
     c.safety.certified = True                            # a later check certifies again
     assert c.keep_if_best(2, -6.0) == {"delivery_counter_examples": 0} and c.safety.best["epoch"] == 2
     assert c.keep_if_best(3, -7.0) == {} and len(calls) == 2       # not better: no audit
@@ -548,9 +548,10 @@ def test_uniform_violations_audits_the_certificate(tmp_path):
 
 def test_evidence_after_the_check_refutes_the_triple(tmp_path):
     """A counter-example the epoch's audit finds, or an evaluation that left C_h, while a triple is
-    certified: it stops acting (the policy certified before its check acts again), the finds are
-    remembered for every later audit, and metrics.csv says why. Without a certified triple nothing
-    changes; the paper's settings (no audit, no exit response) refute nothing."""
+    certified: it is no longer certified (nothing explores; its policy, kept, acts only through the
+    guard), the finds are remembered for every later audit, and metrics.csv says why. Without a
+    certified triple nothing changes; the paper's settings (no audit, no exit response) refute
+    nothing."""
     from crabs.barrier import U
     from crabs.certify import uniform_violations
     from crabs.system import builtin_system
@@ -574,8 +575,8 @@ def test_evidence_after_the_check_refutes_the_triple(tmp_path):
     found = c.certifier.memory[kept:]                  # the finds: states of C_h with U > 0, kept
     assert len(found) > 1000 and bool((c.h(found) >= 0).all())
     assert bool((U(c.h, c.model, found, c.policy.mean_action(found)) > 0).all())
-    assert c.safety.safe_policy_epoch == 0                # the policy certified before acts again
-    assert all(torch.equal(c.safety.safe_policy[k], before[k]) for k in before)
+    assert c.safety.safe_policy_epoch == 3                # its policy is kept, guarded
+    assert all(torch.equal(c.safety.safe_policy[k], new_policy[k]) for k in before)
     assert not c.safety.refute()                       # refuted once: nothing left to refute
 
     c.model = _ShiftModel([0.0, 0.0])                  # C_h invariant: the audit finds nothing

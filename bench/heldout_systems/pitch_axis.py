@@ -1,4 +1,4 @@
-"""Held-out system (written 2026-12-07 after the sixth freeze, 8ec530a): an aircraft's pitch axis.
+"""Held-out system (written 2026-12-07 after the sixth freeze, 8ec530a / 6207aaf): an aircraft's pitch axis.
 
 Built the way a user of the README's "Your own system" would: a hand-written Gymnasium env,
 registered with Gymnasium and made with ``gym.make``, whose action is the elevator deflection in

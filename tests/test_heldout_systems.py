@@ -29,7 +29,9 @@ def test_held_out_systems_come_in_through_the_public_api(held_out):
     assert system.initial_policy.act_dim == len(np.atleast_1d(mod.controller(mod.SPEC.s0_array())))
     strong = run_controller(mod.make_env, mod.SPEC, mod.strong_controller)
     assert not strong.violated and strong.length == mod.SPEC.horizon
-    assert strong.ret == pytest.approx(mod.REFERENCE_RETURN, abs=1e-3)  # the stated yardstick is current
+    # the stated yardstick is current (to 0.1%: NumPy's exp differs in its last bits between CPUs, and
+    # cstr's runaway amplifies them: 472.8118 on an AVX2 machine, 472.8403 on an AVX-512 one)
+    assert strong.ret == pytest.approx(mod.REFERENCE_RETURN, rel=1e-3, abs=1e-3)
     init = run_controller(mod.make_env, mod.SPEC, mean_actor(system.initial_policy))
     assert not init.violated and init.length == mod.SPEC.horizon
     assert strong.ret - init.ret > 100, (strong.ret, init.ret)          # there is something to learn

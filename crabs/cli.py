@@ -209,7 +209,8 @@ def cmd_verify(args) -> int:
                         chains_mult=args.chains_mult, steps=args.steps, seed=args.seed)
     print(json.dumps(result, indent=2))   # stdout stays one JSON document; the verdict goes to stderr
     print(summary_line(result), file=sys.stderr)
-    return 0 if result["has_certificate"] and result["sound"] and result["R3_holds"] else 1
+    ok = result["has_certificate"] and result["sound"] and result["R3_holds"]
+    return 0 if ok and result["R1_R2"]["s0_in_C_h"] else 1
 
 
 def cmd_render(args) -> int:

@@ -2,7 +2,8 @@
 tools independent of those that trained it.
 
 * R.1/R.2, C_h inside the safe set (true by construction, Sec. 3): uniform states of the box, the
-  certified fraction and how many certified states are unsafe (must be 0).
+  certified fraction and how many certified states are unsafe (must be 0); and s0 in C_h, h(s0) >= 0
+  (not true by construction where s0 lies on the state box's edge: the box term B_box is 1 there).
 * R.3 under the learned model: a fresh adversary (its own seed, ``chains_mult`` times the run's
   chains, ``steps`` MALA steps on U(s, pi(s), h) over C_h) and U at uniform certified states, and
   at up to ``n`` certified states drawn from the slabs next to the safety limits (``EDGE_WIDTH`` of
@@ -235,6 +236,7 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
     out = Path(run_dir) / "verify"
     out.mkdir(exist_ok=True)
     # R.1 / R.2
+    r1 = r1_at_s0(h, sys.spec)
     box = uniform(low, high, n, gen)
     with torch.no_grad():
         cert = h(box) >= 0
@@ -258,7 +260,7 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
         "has_certificate": pair.certified_epochs != 0,
         "epochs": pair.epochs, "pair_epoch": pair.pair_epoch,
         "R1_R2": {"box_samples": n, "certified": float(cert.float().mean()),
-                  "certified_but_unsafe": int((cert & unsafe).sum())},
+                  "certified_but_unsafe": int((cert & unsafe).sum()), **r1},
         "R3_model": {"adversary_chains": adv.cfg.chains, "adversary_steps": steps,
                      "adversary_max_U": adv_max,
                      **_u_stats("uniform", h, model, policy, inside),
@@ -297,6 +299,13 @@ def verify_run(run_dir: str | Path, system: System | None = None, which: str = "
     return result
 
 
+@torch.no_grad()
+def r1_at_s0(h, spec) -> dict:
+    """R.1 at s0 itself: ``h_s0`` and whether s0 lies in C_h (``s0_in_C_h``, h(s0) >= 0)."""
+    v = float(h(torch.as_tensor(spec.s0_array(), dtype=torch.float32)[None])[0])
+    return {"h_s0": v, "s0_in_C_h": v >= 0}
+
+
 def _worst_text(m: dict) -> str:
     w = m.get("worst_counter_example")
     if not w:
@@ -333,6 +342,8 @@ def summary_line(r: dict) -> str:
     if r.get("has_certificate") is False:
         return f"{line} -> NO CERTIFICATE (no epoch certified a triple: the initial policy acted throughout)"
     verdict = "sound" if r["sound"] else "UNSOUND"
+    if c.get("s0_in_C_h") is False:   # (verify reports before it existed have no such key)
+        verdict += f", R.1 FAILS at s0 (h(s0) {c['h_s0']:.3g})"
     verdict += ", R.3 holds under the model" if r["R3_model_holds"] else ", R.3 FAILS under the model"
     if r["R3_model_holds"] and "skipped" not in d and d.get("starts"):
         verdict += " and in the true dynamics" if r["R3_holds"] else " but not in the true dynamics"

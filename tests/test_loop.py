@@ -4,6 +4,7 @@ interruption continuing the same counters."""
 import copy
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
@@ -86,6 +87,27 @@ def test_judge_reads_the_last_and_the_delivered_certificate(tiny_run):
         load_barrier(out, "first")
 
 
+def test_verify_finds_R1_failing_at_an_s0_on_the_state_box_edge():
+    """R.1 is not true by construction when s0 lies on the state box's edge (a user's s0 on a
+    physical bound, as held-out cstr's full tank): the box term makes h(s0) = 1 - log 2 - 1 there.
+    verify reports it, and its verdict says so."""
+    from crabs.barrier import Barrier
+    from crabs.config import BarrierConfig
+    from crabs.envs import SafetySpec
+    from crabs.verify import r1_at_s0, summary_line
+
+    spec = SafetySpec(state_names=("c", "T"), limits={"T": 1.0}, s0=(1.0, 0.0), horizon=10)
+    inside = Barrier.for_box(spec, BarrierConfig(hidden=(8,)), [0.0, -0.5], [1.2, 1.0])
+    edge = Barrier.for_box(spec, BarrierConfig(hidden=(8,)), [0.0, -0.5], [1.0, 1.0])
+    assert r1_at_s0(inside, spec) == {"h_s0": pytest.approx(1 - math.log(2)), "s0_in_C_h": True}
+    assert r1_at_s0(edge, spec) == {"h_s0": pytest.approx(-math.log(2)), "s0_in_C_h": False}
+    r = {"has_certificate": True, "sound": True, "R3_model_holds": True, "R3_holds": True,
+         "R1_R2": {"certified": 0.5, "certified_but_unsafe": 0, **r1_at_s0(edge, spec)},
+         "R3_model": {"adversary_max_U": -0.1, "adversary_chains": 8, "uniform_U_positive": 0,
+                      "uniform_certified_states": 10}, "R3_true_dynamics": {}}
+    assert summary_line(r).endswith("-> sound, R.1 FAILS at s0 (h(s0) -0.693), R.3 holds under the model")
+
+
 def test_verify_audits_the_delivered_pair_apart_from_the_run(tiny_run, tmp_path, capsys):
     """crabs verify: R.1/R.2 hold by construction, a fresh adversary and true-dynamics rollouts
     from certified states; the audit's steps go to their own ledger, the run's counts stay."""
@@ -100,6 +122,7 @@ def test_verify_audits_the_delivered_pair_apart_from_the_run(tiny_run, tmp_path,
     shutil.copytree(out, run)
     r = verify_run(run, n=4000, states=10, horizon=60, chains_mult=1, steps=10)
     assert r["R1_R2"]["certified_but_unsafe"] == 0 and 0 < r["R1_R2"]["certified"] < 0.5
+    assert r["R1_R2"]["s0_in_C_h"] and r["R1_R2"]["h_s0"] > 0    # R.1 at s0 itself
     assert r["R3_model"]["adversary_chains"] == TINY["mala"]["chains"]
     t = r["R3_true_dynamics"]
     assert t["starts"] == 10 and t["rollouts_violating"] == 0 and r["sound"] and r["has_certificate"]

@@ -62,6 +62,16 @@ class System:
             raise ValueError("state_high must exceed state_low in every coordinate")
         if not np.all((self.spec.s0_array() >= self.state_low) & (self.spec.s0_array() <= self.state_high)):
             raise ValueError("s0 lies outside the state box")
+        centre, half = (self.state_high + self.state_low) / 2, (self.state_high - self.state_low) / 2
+        edge = np.abs(self.spec.s0_array() - centre) / half > 1 - self.spec.margin
+        if edge.any():   # the certificate's box term (barrier.box_barrier) is >= 1 there: h(s0) < 0
+            s0 = self.spec.s0_array()
+            names = ", ".join(f"{self.spec.state_names[i]} = {s0[i]:.4g} in [{self.state_low[i]:.4g}, "
+                              f"{self.state_high[i]:.4g}]" for i in np.flatnonzero(edge))
+            warnings.warn(f"s0 lies on the state box's edge ({names}): the certificate keeps C_h inside "
+                          f"the box by the spec's margin ({self.spec.margin:g} of each half-width), so s0 "
+                          "falls outside C_h and R.1 fails at s0 (crabs verify reports it); widen the state "
+                          "box beyond s0", UserWarning, stacklevel=3)
         if self.initial_policy.obs_dim != d:
             raise ValueError(f"initial policy expects {self.initial_policy.obs_dim}-D states, spec has {d}")
 

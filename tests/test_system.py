@@ -25,6 +25,19 @@ def test_valid_system():
     assert s.state_high.tolist() == [1.0, 5.0] and s.spec is SPEC
 
 
+def test_an_s0_on_the_state_box_edge_is_warned_of():
+    """R.1 needs s0 inside C_h, which the certificate keeps inside the box by the spec's margin: an s0
+    on a bound of the box (a user's natural choice for a physical limit) is said at once."""
+    with pytest.warns(UserWarning, match=r"s0 lies on the state box's edge \(theta = 0 in \[-1, 0\]\).*"
+                                         r"R.1 fails at s0"):
+        make(state_low=[-1, -5], state_high=[0, 5])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make(state_low=[-1, -5], state_high=[0.05, 5])   # s0 inside by more than the margin: silent
+
+
 @pytest.mark.parametrize("kw,msg", [
     ({"state_low": [-1, -5, 0]}, "shape"),
     ({"state_low": [1, 5], "state_high": [-1, -5]}, "exceed"),

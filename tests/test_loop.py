@@ -256,56 +256,47 @@ def test_resume_after_interruption_continues_counters(tmp_path, monkeypatch):
     assert [r["epoch"] for r in hist] == [0, 1, 2]   # Figure 3's history survives the resume
 
 
-def test_the_audit_memory_survives_a_resume(tiny_run, tmp_path):
-    """barrier.audit_memory: the counter-examples found before an interruption are checkpointed and
-    re-checked after it (a found counter-example blocks across a resume too)."""
+def _copy_of(tiny_run, tmp_path):
+    """A copy of the tiny run's folder, to resume without touching the shared run."""
     import shutil
 
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_run[0], out)
+    return out
+
+
+def _resumed(out):
+    """A CRABS runner on the run folder ``out``, resumed from its checkpoint."""
     from crabs.runs import RunDir
     from crabs.system import builtin_system
 
-    src, _ = tiny_run
-    out = tmp_path / "copy"
-    shutil.copytree(src, out)
+    folder = RunDir(out)
+    cfg = CRABS.read_config(folder)
+    r = CRABS(builtin_system("upright", cfg.sac.hidden, cfg.sac.act), cfg, folder, progress=False)
+    assert r.resume()
+    return r
 
-    def runner():
-        folder = RunDir(out)
-        cfg = CRABS.read_config(folder)
-        r = CRABS(builtin_system("upright", cfg.sac.hidden, cfg.sac.act), cfg, folder, progress=False)
-        assert r.resume()
-        return r
 
-    r = runner()
+def test_the_audit_memory_survives_a_resume(tiny_run, tmp_path):
+    """barrier.audit_memory: the counter-examples found before an interruption are checkpointed and
+    re-checked after it (a found counter-example blocks across a resume too)."""
+    out = _copy_of(tiny_run, tmp_path)
+    r = _resumed(out)
     found = torch.tensor([[0.5, -1.0], [-0.25, 2.0]])
     r.certifier.remember(found)
     r.save()
-    assert torch.equal(runner().certifier.memory[-2:], found)
+    assert torch.equal(_resumed(out).certifier.memory[-2:], found)
 
 
 def test_a_resume_after_real_steps_left_C_h_refutes_the_checkpoints_triple(tiny_run, tmp_path):
     """An epoch that died after a real step left C_h (its ledger holds the note, its checkpoint never
     came): on resume the checkpoint's triple does not explore again before a new check; a note from
     before the checkpoint changes nothing."""
-    import shutil
-
-    from crabs.runs import RunDir
-    from crabs.system import builtin_system
-
-    src, _ = tiny_run
-    out = tmp_path / "copy"
-    shutil.copytree(src, out)
+    out = _copy_of(tiny_run, tmp_path)
     blob = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     blob["certified"] = True
     torch.save(blob, out / "checkpoints" / "last.pt")
-
-    def runner():
-        folder = RunDir(out)
-        cfg = CRABS.read_config(folder)
-        r = CRABS(builtin_system("upright", cfg.sac.hidden, cfg.sac.act), cfg, folder, progress=False)
-        assert r.resume()
-        return r
-
-    r = runner()
+    r = _resumed(out)
     since = int(r.rows[-1]["env_steps"])
     assert r.certified and not r.refuted_on_resume
 
@@ -315,9 +306,9 @@ def test_a_resume_after_real_steps_left_C_h_refutes_the_checkpoints_triple(tiny_
                      + "\n")
 
     note(since)                       # written before the checkpoint: its epoch learnt from it
-    assert runner().certified
+    assert _resumed(out).certified
     note(since + 7)                   # after it: the epoch that learnt from it is lost
-    r = runner()
+    r = _resumed(out)
     assert not r.certified and r.refuted_on_resume.startswith("resume: 1 real step(s) left C_h")
     assert r.run_epoch()["refuted"].startswith("resume:")
 

@@ -10,7 +10,7 @@ import argparse
 import os
 import time
 
-from crabs.verify import summary_line, verify_run
+from crabs.verify import passes, summary_line, verify_run
 
 
 def main() -> int:
@@ -25,7 +25,7 @@ def main() -> int:
         r = verify_run(run, which=args.which)
         name = os.path.basename(os.path.normpath(run))
         print(f"{r['task']} {name}: {summary_line(r)} ({time.time() - t:.0f} s)", flush=True)
-        ok &= r["has_certificate"] and r["sound"] and r["R3_holds"] and r["R1_R2"]["s0_in_C_h"]
+        ok &= passes(r)
     return 0 if ok else 1
 
 

@@ -202,15 +202,14 @@ def cmd_compare(args) -> int:
 
 def cmd_verify(args) -> int:
     from crabs.system import load_system
-    from crabs.verify import summary_line, verify_run
+    from crabs.verify import passes, summary_line, verify_run
 
     system = load_system(args.system) if args.system else None
     result = verify_run(args.run, system, which=args.which, states=args.states, horizon=args.horizon,
                         chains_mult=args.chains_mult, steps=args.steps, seed=args.seed)
     print(json.dumps(result, indent=2))   # stdout stays one JSON document; the verdict goes to stderr
     print(summary_line(result), file=sys.stderr)
-    ok = result["has_certificate"] and result["sound"] and result["R3_holds"]
-    return 0 if ok and result["R1_R2"]["s0_in_C_h"] else 1
+    return 0 if passes(result) else 1
 
 
 def cmd_render(args) -> int:

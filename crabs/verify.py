@@ -306,6 +306,13 @@ def r1_at_s0(h, spec) -> dict:
     return {"h_s0": v, "s0_in_C_h": v >= 0}
 
 
+def passes(r: dict, true_dynamics: bool = True) -> bool:
+    """:func:`verify_run`'s result passes: a certificate, sound, s0 in C_h (R.1), and R.3 holding under
+    the pair's own model and, with ``true_dynamics``, in the true dynamics too."""
+    r3 = r["R3_holds"] if true_dynamics else r["R3_model_holds"]
+    return bool(r["has_certificate"] and r["sound"] and r["R1_R2"]["s0_in_C_h"] and r3)
+
+
 def _worst_text(m: dict) -> str:
     w = m.get("worst_counter_example")
     if not w:
@@ -350,5 +357,5 @@ def summary_line(r: dict) -> str:
     return f"{line} -> {verdict}"
 
 
-__all__ = ["ResetIgnored", "RunPair", "adversary_search", "fresh_adversary", "load_run", "summary_line",
-           "verify_run", "worst_counter_example"]
+__all__ = ["ResetIgnored", "RunPair", "adversary_search", "fresh_adversary", "load_run", "passes",
+           "summary_line", "verify_run", "worst_counter_example"]

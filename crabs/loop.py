@@ -181,10 +181,6 @@ class CRABS(Runner):
         """Fraction of the state box certified (h >= 0), by uniform sampling."""
         return volume_on(self.h, self.box_samples(n))
 
-    def uniform_violations(self, n: int = AUDIT_SAMPLES) -> float:
-        """The fraction of uniform certified states with U > 0 under the model (certify.py)."""
-        return uniform_violations(self.h, self.model, self.policy, self.certified_samples(self.h, n))
-
     def reference_states(self, h_prev: Barrier | None) -> torch.Tensor | None:
         """States for Reg's expectation over S (Sec. 4.2) when ``reg_states`` is not the paper's
         "candidates": uniform samples of the previous certified set C_h-hat ("certified"), or the

@@ -553,11 +553,11 @@ def test_uniform_violations_audits_the_certificate(tmp_path):
     c = CRABS(builtin_system("upright"), Config.from_dict(TINY), tmp_path, progress=False)
     assert c.certified_volume() > 0.01
     c.model = _ShiftModel([0.0, 0.0])
-    assert c.uniform_violations() == 0.0
+    assert c.epoch_audit({}) == 0.0
     c.model = _ShiftModel([3.0, 0.0])                  # theta + 3: outside |theta| <= 1.5
-    assert c.uniform_violations() == 1.0
+    assert c.epoch_audit({}) == 1.0
     c.model = _ShiftModel([1.2, 0.0])
-    assert 0.0 < c.uniform_violations() < 1.0
+    assert 0.0 < c.epoch_audit({}) < 1.0
 
 
 def test_evidence_after_the_check_refutes_the_triple(tmp_path):

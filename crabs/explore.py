@@ -37,6 +37,11 @@ class ExploreResult:
     U: float            # U(s, action, h) under the model
 
 
+def lowest(u: torch.Tensor) -> int:
+    """The index of the lowest U, a NaN U never being the lowest (argmin alone would pick it)."""
+    return int(torch.nan_to_num(u, nan=math.inf).argmin())
+
+
 @torch.no_grad()
 def safeguarded_action(s: np.ndarray, policy, h, model, n: int = 100, noise_decay: bool = True,
                        uniform: bool = False, noise_scale: float = 1.0,
@@ -79,7 +84,7 @@ def safeguarded_action(s: np.ndarray, policy, h, model, n: int = 100, noise_deca
     if j is not None:
         return ExploreResult(safe[j].double().numpy(), True, float(u_safe[j]))
     allu, alla = torch.cat([u_safe, u]), torch.cat([safe, props])   # none certified: the lowest U
-    j = int(torch.nan_to_num(allu, nan=math.inf).argmin())   # a NaN U is never the lowest
+    j = lowest(allu)
     return ExploreResult(alla[j].double().numpy(), True, float(allu[j]))
 
 
@@ -92,7 +97,7 @@ def guarded_action(s: np.ndarray, candidates: Sequence, h, model) -> ExploreResu
     acts = torch.cat([p.mean_action(st) for p in candidates])
     u = U(h, model, st.expand(len(acts), -1), acts)
     ok = torch.nonzero(u <= 0).flatten()
-    j = int(ok[0]) if len(ok) else int(torch.nan_to_num(u, nan=math.inf).argmin())
+    j = int(ok[0]) if len(ok) else lowest(u)
     return ExploreResult(acts[j].double().numpy(), j > 0, float(u[j]))
 
 

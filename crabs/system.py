@@ -60,12 +60,12 @@ class System:
             raise ValueError(f"state_low/state_high must have shape ({d},)")
         if not np.all(self.state_high > self.state_low):
             raise ValueError("state_high must exceed state_low in every coordinate")
-        if not np.all((self.spec.s0_array() >= self.state_low) & (self.spec.s0_array() <= self.state_high)):
+        s0 = self.spec.s0_array()
+        if not np.all((s0 >= self.state_low) & (s0 <= self.state_high)):
             raise ValueError("s0 lies outside the state box")
         centre, half = (self.state_high + self.state_low) / 2, (self.state_high - self.state_low) / 2
-        edge = np.abs(self.spec.s0_array() - centre) / half > 1 - self.spec.margin
+        edge = np.abs(s0 - centre) / half > 1 - self.spec.margin
         if edge.any():   # the certificate's box term (barrier.box_barrier) is >= 1 there: h(s0) < 0
-            s0 = self.spec.s0_array()
             names = ", ".join(f"{self.spec.state_names[i]} = {s0[i]:.4g} in [{self.state_low[i]:.4g}, "
                               f"{self.state_high[i]:.4g}]" for i in np.flatnonzero(edge))
             warnings.warn(f"s0 lies on the state box's edge ({names}): the certificate keeps C_h inside "
